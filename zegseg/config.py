@@ -1,0 +1,110 @@
+"""zegseg's config keys, added to a detectron2 config by :func:`add_zegseg_config`.
+
+Every key zegseg reads is defined here with its default and a one-line comment. Modules read these keys only
+in their ``from_config`` class methods.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_zegseg_config"]
+
+
+def add_zegseg_config(cfg: CN) -> None:
+    """Add every zegseg key, with defaults, to ``cfg`` in place (idempotent)."""
+    if getattr(cfg, "_zegseg_keys_added", False):
+        return
+    _add_input_config(cfg)
+    _add_clip_config(cfg)
+    _add_mask_model_config(cfg)
+    _add_meta_arch_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)
+    cfg.ZEGSEG_VERSION = 1  # version of this config schema; bumped when keys change meaning
+    object.__setattr__(cfg, "_zegseg_keys_added", True)
+
+
+def _add_input_config(cfg: CN) -> None:
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # training mapper, a name in zegseg.data.MAPPER_REGISTRY
+    cfg.INPUT.COLOR_AUG_SSD = False  # SSD-style photometric distortion during training
+    cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad training crops to a multiple of this (-1: the backbone's own)
+    cfg.DATASETS.AUTO_PREPARE = True  # generate the embedded toy world on first use when a toy dataset is missing
+
+
+def _add_clip_config(cfg: CN) -> None:
+    cfg.MODEL.CLIP = CN()
+    cfg.MODEL.CLIP.NAME = "ViT-B/16"  # an OpenAI CLIP name (looked up in WEIGHTS_DIR), "ToyCLIP", or a file path
+    cfg.MODEL.CLIP.WEIGHTS_DIR = ""  # directory holding named CLIP checkpoints ("": $ZEGSEG_CLIP_DIR or ~/.cache/clip)
+    cfg.MODEL.CLIP.TEMPLATES = "vild"  # prompt set: single | selected8 | vild | imagenet80 | custom
+    cfg.MODEL.CLIP.CUSTOM_TEMPLATES = []  # templates with one "{}" each, used when TEMPLATES is "custom"
+    cfg.MODEL.CLIP.EMBED_CACHE_DIR = ""  # on-disk text-embedding cache ("": ~/.cache/zegseg/text_embeddings)
+    cfg.MODEL.CLIP.CROP_STYLE = "cropmask"  # region crops for the image branch: cropmask | mask | crop
+    cfg.MODEL.CLIP.MASK_THRESHOLD = 0.5  # a query's pixels are those with sigmoid(mask logit) above this
+    cfg.MODEL.CLIP.CROP_EXPAND_RATIO = 1.0  # scale each mask's box by this before cropping
+    cfg.MODEL.CLIP.CHUNK_SIZE = 32  # crops per CLIP image-encoder forward (bounds memory)
+    cfg.MODEL.CLIP.LOGIT_SCALE = 100.0  # multiplier of the cosine similarity of crop and text embeddings
+    cfg.MODEL.CLIP.PROMPT_LEARNER = CN()
+    cfg.MODEL.CLIP.PROMPT_LEARNER.N_CTX = 16  # learnable context tokens before the class name (CoOp)
+    cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS = ""  # learned-prompt checkpoint; non-empty replaces TEMPLATES
+
+
+def _add_mask_model_config(cfg: CN) -> None:
+    cfg.MODEL.PIXEL_DECODER = CN()
+    cfg.MODEL.PIXEL_DECODER.NAME = "FPNPixelDecoder"  # a name in zegseg.modeling.PIXEL_DECODER_REGISTRY
+    cfg.MODEL.PIXEL_DECODER.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone features, fine to coarse
+    cfg.MODEL.PIXEL_DECODER.CONVS_DIM = 256  # channels of the FPN lateral/output convolutions
+    cfg.MODEL.PIXEL_DECODER.MASK_DIM = 256  # channels of the per-pixel mask features
+    cfg.MODEL.PIXEL_DECODER.NORM = "GN"  # normalisation in the pixel decoder ("", "GN", "BN", "SyncBN")
+
+    cfg.MODEL.TRANSFORMER_DECODER = CN()
+    cfg.MODEL.TRANSFORMER_DECODER.IN_FEATURE = "res5"  # feature the queries attend to
+    cfg.MODEL.TRANSFORMER_DECODER.NUM_QUERIES = 100  # N segment queries
+    cfg.MODEL.TRANSFORMER_DECODER.HIDDEN_DIM = 256  # transformer width
+    cfg.MODEL.TRANSFORMER_DECODER.NHEADS = 8  # attention heads
+    cfg.MODEL.TRANSFORMER_DECODER.DIM_FEEDFORWARD = 2048  # feed-forward width
+    cfg.MODEL.TRANSFORMER_DECODER.DEC_LAYERS = 6  # decoder layers (each gives an auxiliary output)
+    cfg.MODEL.TRANSFORMER_DECODER.DROPOUT = 0.1  # dropout inside the transformer
+    cfg.MODEL.TRANSFORMER_DECODER.PRE_NORM = False  # pre-norm instead of post-norm layers
+    cfg.MODEL.TRANSFORMER_DECODER.ENFORCE_INPUT_PROJ = False  # 1x1 projection even when channels already match
+
+    cfg.MODEL.CRITERION = CN()
+    cfg.MODEL.CRITERION.DEEP_SUPERVISION = True  # losses on every decoder layer's output
+    cfg.MODEL.CRITERION.NO_OBJECT_WEIGHT = 0.1  # CE weight of the "no object" class
+    cfg.MODEL.CRITERION.CLASS_WEIGHT = 1.0  # weight of the classification (CE) loss and matching cost
+    cfg.MODEL.CRITERION.MASK_WEIGHT = 20.0  # weight of the sigmoid focal mask loss and matching cost
+    cfg.MODEL.CRITERION.DICE_WEIGHT = 1.0  # weight of the dice loss and matching cost
+    cfg.MODEL.CRITERION.FOCAL_ALPHA = 0.25  # alpha of the sigmoid focal loss
+    cfg.MODEL.CRITERION.FOCAL_GAMMA = 2.0  # gamma of the sigmoid focal loss
+
+
+def _add_meta_arch_config(cfg: CN) -> None:
+    cfg.MODEL.ZEGFORMER = CN()
+    cfg.MODEL.ZEGFORMER.TEMPERATURE = 0.01  # tau: segment logits are cos(G_q, T_c) / tau
+    cfg.MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH = True  # add the frozen CLIP image encoder's score on masked crops
+    cfg.MODEL.ZEGFORMER.ENSEMBLE_LAMBDA = 2.0 / 3.0  # lambda of the segment/CLIP geometric ensemble
+    cfg.MODEL.ZEGFORMER.ENSEMBLE_MODE = "seen_unseen"  # seen_unseen (paper's rule) | all (lambda on every class)
+    cfg.MODEL.ZEGFORMER.CALIBRATION_GAMMA = 0.0  # gamma subtracted from seen-class scores at inference
+
+    cfg.MODEL.TWO_STAGE = CN()
+    cfg.MODEL.TWO_STAGE.LOGIT_SCALE = 100.0  # proposal logits are this times cos(proposal, text)
+    cfg.MODEL.TWO_STAGE.EMBED_HIDDEN_DIM = 1024  # hidden width of the query-embedding MLP
+    cfg.MODEL.TWO_STAGE.ENSEMBLE_WEIGHT = 0.8  # w: seen p_mf^w p_clip^(1-w), unseen swapped; <= 0: CLIP only
+    cfg.MODEL.TWO_STAGE.PROMPT_TRAINING = False  # train only the learned prompts, on ground-truth-mask crops
+
+    cfg.MODEL.PIXEL_LEVEL = CN()
+    cfg.MODEL.PIXEL_LEVEL.TEMPERATURE = 0.07  # per-pixel logits are cos(pixel, text) / temperature
+    cfg.MODEL.PIXEL_LEVEL.SPATIAL_BLOCK = "none"  # spatial regularisation: none | depthwise | bottleneck
+    cfg.MODEL.PIXEL_LEVEL.NUM_SPATIAL_BLOCKS = 2  # spatial regularisation blocks after the classifier
+
+
+def _add_solver_config(cfg: CN) -> None:
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # learning-rate multiplier of the backbone
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of query / no-object embeddings
+    cfg.SOLVER.POLY_LR_POWER = 0.9  # power of the poly schedule (LR_SCHEDULER_NAME "WarmupPolyLR")
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # poly schedule's final constant fraction of BASE_LR
+
+
+def _add_test_config(cfg: CN) -> None:
+    cfg.TEST.VOCABULARY = []  # class names to segment at inference ([]: the classes of DATASETS.TEST[0])
+    cfg.TEST.UNSEEN_CLASSES = []  # names in TEST.VOCABULARY treated as unseen (with a custom vocabulary)
+    cfg.TEST.FAST_MODE = False  # send only queries that can matter to CLIP (see FAST_* keys)
+    cfg.TEST.AMP = True  # autocast on GPU at inference (CPU always runs fp32)
