@@ -1,0 +1,4 @@
+from .setup_config import setup_cfg
+from .trainer import ZegsegTrainer
+
+__all__ = ["ZegsegTrainer", "setup_cfg"]

@@ -1,0 +1,69 @@
+"""The training loop: detectron2's DefaultTrainer with zegseg's builders and CPU-capable multi-process training."""
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data.dataset_mappers import build_train_mapper
+from ..evaluation import build_evaluator
+from ..solver import build_lr_scheduler, build_optimizer
+
+__all__ = ["ZegsegTrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+def _wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """DistributedDataParallel for GPU or CPU (gloo) modules; CPU modules must not be given ``device_ids``."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    device_ids = None if on_cpu else [comm.get_local_rank()]
+    return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+
+
+class ZegsegTrainer(DefaultTrainer):
+    """detectron2's trainer with zegseg's data, evaluation and solver; runs multi-process on CPU too."""
+
+    def __init__(self, cfg: CfgNode):
+        # DefaultTrainer.__init__ with two changes: DDP works for CPU models, and AMP only where CUDA is.
+        super(DefaultTrainer, self).__init__()
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = _wrap_ddp(model)
+        use_amp = cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda")
+        if cfg.SOLVER.AMP.ENABLED and not use_amp:
+            logger.warning("SOLVER.AMP.ENABLED is ignored on CPU: training in fp32")
+        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
