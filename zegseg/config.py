@@ -49,13 +49,13 @@ def _add_clip_config(cfg: CN) -> None:
 def _add_mask_model_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_DECODER = CN()
     cfg.MODEL.PIXEL_DECODER.NAME = "FPNPixelDecoder"  # a name in zegseg.modeling.PIXEL_DECODER_REGISTRY
-    cfg.MODEL.PIXEL_DECODER.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone features, fine to coarse
+    cfg.MODEL.PIXEL_DECODER.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # FPN inputs; finest sets mask stride
     cfg.MODEL.PIXEL_DECODER.CONVS_DIM = 256  # channels of the FPN lateral/output convolutions
     cfg.MODEL.PIXEL_DECODER.MASK_DIM = 256  # channels of the per-pixel mask features
     cfg.MODEL.PIXEL_DECODER.NORM = "GN"  # normalisation in the pixel decoder ("", "GN", "BN", "SyncBN")
 
     cfg.MODEL.TRANSFORMER_DECODER = CN()
-    cfg.MODEL.TRANSFORMER_DECODER.IN_FEATURE = "res5"  # feature the queries attend to
+    cfg.MODEL.TRANSFORMER_DECODER.IN_FEATURE = "res5"  # backbone feature the queries attend to
     cfg.MODEL.TRANSFORMER_DECODER.NUM_QUERIES = 100  # N segment queries
     cfg.MODEL.TRANSFORMER_DECODER.HIDDEN_DIM = 256  # transformer width
     cfg.MODEL.TRANSFORMER_DECODER.NHEADS = 8  # attention heads
@@ -66,9 +66,9 @@ def _add_mask_model_config(cfg: CN) -> None:
     cfg.MODEL.TRANSFORMER_DECODER.ENFORCE_INPUT_PROJ = False  # 1x1 projection even when channels already match
 
     cfg.MODEL.CRITERION = CN()
-    cfg.MODEL.CRITERION.DEEP_SUPERVISION = True  # losses on every decoder layer's output
+    cfg.MODEL.CRITERION.DEEP_SUPERVISION = True  # also losses on the auxiliary outputs (earlier decoder layers)
     cfg.MODEL.CRITERION.NO_OBJECT_WEIGHT = 0.1  # CE weight of the "no object" class
-    cfg.MODEL.CRITERION.CLASS_WEIGHT = 1.0  # weight of the classification (CE) loss and matching cost
+    cfg.MODEL.CRITERION.CLASS_WEIGHT = 1.0  # weight of the classification (CE) loss and of the -p(c) matching cost
     cfg.MODEL.CRITERION.MASK_WEIGHT = 20.0  # weight of the sigmoid focal mask loss and matching cost
     cfg.MODEL.CRITERION.DICE_WEIGHT = 1.0  # weight of the dice loss and matching cost
     cfg.MODEL.CRITERION.FOCAL_ALPHA = 0.25  # alpha of the sigmoid focal loss
@@ -96,11 +96,14 @@ def _add_meta_arch_config(cfg: CN) -> None:
 
 
 def _add_solver_config(cfg: CN) -> None:
-    cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD (SGD uses SOLVER.MOMENTUM and SOLVER.NESTEROV)
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # learning-rate multiplier of the backbone
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of query / no-object embeddings
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of nn.Embedding weights and parameters named "*embed*"
+    # The two keys below are the ones detectron2.projects.deeplab reads for its WarmupPolyLR; zegseg defines them
+    # here (same names and defaults as deeplab's add_deeplab_config, which zegseg does not call).
     cfg.SOLVER.POLY_LR_POWER = 0.9  # power of the poly schedule (LR_SCHEDULER_NAME "WarmupPolyLR")
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # poly schedule's final constant fraction of BASE_LR
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE (detectron2's key) also accepts "full_model": one norm over all gradients.
 
 
 def _add_test_config(cfg: CN) -> None:

@@ -1,7 +1,7 @@
 """Hungarian matching of predicted segments (class logits + mask logits) to ground-truth segments."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -98,7 +98,7 @@ class HungarianMatcher(nn.Module):
         }
 
     @torch.no_grad()
-    def cost_matrix(self, logits: Optional[Tensor], masks: Tensor, labels: Tensor, target_masks: Tensor) -> Tensor:
+    def cost_matrix(self, logits: Tensor | None, masks: Tensor, labels: Tensor, target_masks: Tensor) -> Tensor:
         """Matching cost of one image.
 
         Args:
@@ -138,7 +138,7 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, pred_logits: Optional[Tensor], pred_masks: Tensor, targets: Sequence[Dict[str, Tensor]]
+        self, pred_logits: Tensor | None, pred_masks: Tensor, targets: Sequence[Dict[str, Tensor]]
     ) -> List[Tuple[Tensor, Tensor]]:
         """
         Args:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +19,12 @@ class SinePositionEncoding(nn.Module):
     """
 
     def __init__(
-        self, num_pos_feats: int = 128, *, temperature: float = 10000.0, normalize: bool = True, scale: float = 2 * math.pi
+        self,
+        num_pos_feats: int = 128,
+        *,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float = 2 * math.pi,
     ):
         """
         Args:
@@ -37,7 +41,7 @@ class SinePositionEncoding(nn.Module):
         self.normalize = normalize
         self.scale = scale
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """
         Args:
             x: (B, C, H, W) feature map; only its shape, device and dtype are used.

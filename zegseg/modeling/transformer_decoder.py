@@ -5,8 +5,6 @@ masks and classes from every layer (deep supervision).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.config import CfgNode, configurable
@@ -49,8 +47,12 @@ class TransformerDecoderLayer(nn.Module):
         q = x + query_pos
         return self.dropout1(self.self_attn(q, q, x, need_weights=False)[0])
 
-    def _cross_block(self, x: Tensor, memory: Tensor, pos: Tensor, key_padding_mask: Optional[Tensor], query_pos: Tensor):
-        out = self.cross_attn(x + query_pos, memory + pos, memory, key_padding_mask=key_padding_mask, need_weights=False)
+    def _cross_block(
+        self, x: Tensor, memory: Tensor, pos: Tensor, key_padding_mask: Tensor | None, query_pos: Tensor
+    ) -> Tensor:
+        out = self.cross_attn(
+            x + query_pos, memory + pos, memory, key_padding_mask=key_padding_mask, need_weights=False
+        )
         return self.dropout2(out[0])
 
     def _ff_block(self, x: Tensor) -> Tensor:
@@ -63,7 +65,7 @@ class TransformerDecoderLayer(nn.Module):
         *,
         pos: Tensor,
         query_pos: Tensor,
-        memory_key_padding_mask: Optional[Tensor] = None,
+        memory_key_padding_mask: Tensor | None = None,
     ) -> Tensor:
         """
         Args:
@@ -164,7 +166,7 @@ class TransformerDecoder(nn.Module):
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """
         Args:
             x: (B, C_in, H, W) feature map (e.g. the backbone's res5).
