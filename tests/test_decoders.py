@@ -192,3 +192,39 @@ def test_mlp():
     assert torch.allclose(single(x), single.layers[0](x))  # no activation after the last layer
     with pytest.raises(ValueError, match="at least one layer"):
         MLP(4, 4, 4, 0)
+
+
+def test_mask_classification_pipeline_end_to_end(cfg, backbone_features):
+    """Backbone features → pixel decoder → transformer decoder → masks per layer → criterion, with gradients."""
+    from zegseg.modeling.criterion import SetCriterion
+
+    input_shape, features = backbone_features
+    torch.manual_seed(0)
+    pixel_decoder = build_pixel_decoder(cfg, input_shape)
+    decoder = TransformerDecoder(cfg, in_channels=pixel_decoder.transformer_in_channels)
+    mask_embed = MLP(32, 32, cfg.MODEL.PIXEL_DECODER.MASK_DIM, 3)
+    classifier = nn.Linear(32, 3 + 1)
+    criterion = SetCriterion(cfg)
+
+    pix = pixel_decoder(features)
+    queries = decoder(pix.transformer_features)  # (L, B, Q, D)
+    masks = torch.einsum("lbqc,bchw->lbqhw", mask_embed(queries), pix.mask_features)
+    logits = classifier(queries)
+    outputs = {
+        "pred_logits": logits[-1],
+        "pred_masks": masks[-1],
+        "aux_outputs": [{"pred_logits": a, "pred_masks": b} for a, b in zip(logits[:-1], masks[:-1])],
+    }
+    gt = torch.zeros(2, 64, 64, dtype=torch.bool)
+    gt[0, :32] = True
+    gt[1, :, 16:] = True
+    targets = [
+        {"labels": torch.tensor([0, 2]), "masks": torch.stack([gt[0], ~gt[0]])},
+        {"labels": torch.tensor([1]), "masks": gt[1:]},
+    ]
+    losses = criterion(outputs, targets)
+    assert set(losses) == {f"loss_{n}{s}" for n in ("ce", "mask", "dice") for s in ("", "_0")}
+    sum(losses.values()).backward()
+    assert decoder.query_embed.weight.grad.abs().sum() > 0
+    assert pixel_decoder.mask_features.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in mask_embed.parameters())

@@ -23,17 +23,18 @@ def add_zegseg_config(cfg: CN) -> None:
 
 
 def _add_input_config(cfg: CN) -> None:
-    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # training mapper, a name in zegseg.data.MAPPER_REGISTRY
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # training mapper, a key of zegseg.data.MAPPERS
     cfg.INPUT.COLOR_AUG_SSD = False  # SSD-style photometric distortion during training
-    cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad training crops to a multiple of this (-1: the backbone's own)
-    cfg.DATASETS.AUTO_PREPARE = True  # generate the embedded toy world on first use when a toy dataset is missing
+    cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad training crops to a multiple of this in the mapper (<= 0: no padding)
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # resample a crop when one class covers more than this fraction
 
 
 def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP = CN()
     cfg.MODEL.CLIP.NAME = "ViT-B/16"  # an OpenAI CLIP name (looked up in WEIGHTS_DIR), "ToyCLIP", or a file path
     cfg.MODEL.CLIP.WEIGHTS_DIR = ""  # directory holding named CLIP checkpoints ("": $ZEGSEG_CLIP_DIR or ~/.cache/clip)
-    cfg.MODEL.CLIP.TEMPLATES = "vild"  # prompt set: single | selected8 | vild | imagenet80 | custom
+    cfg.MODEL.CLIP.TEMPLATES = "vild"  # prompt set: a name in zegseg.modeling.clip.prompts.TEMPLATE_SETS, or custom
+    cfg.MODEL.CLIP.REGION_TEMPLATES = ""  # prompt set for the CLIP image branch's text side ("": TEMPLATES)
     cfg.MODEL.CLIP.CUSTOM_TEMPLATES = []  # templates with one "{}" each, used when TEMPLATES is "custom"
     cfg.MODEL.CLIP.EMBED_CACHE_DIR = ""  # on-disk text-embedding cache ("": ~/.cache/zegseg/text_embeddings)
     cfg.MODEL.CLIP.CROP_STYLE = "cropmask"  # region crops for the image branch: cropmask | mask | crop
@@ -48,7 +49,7 @@ def _add_clip_config(cfg: CN) -> None:
 
 def _add_mask_model_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_DECODER = CN()
-    cfg.MODEL.PIXEL_DECODER.NAME = "FPNPixelDecoder"  # a name in zegseg.modeling.PIXEL_DECODER_REGISTRY
+    cfg.MODEL.PIXEL_DECODER.NAME = "FPNPixelDecoder"  # a name in zegseg.modeling.pixel_decoder.PIXEL_DECODER_REGISTRY
     cfg.MODEL.PIXEL_DECODER.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # FPN inputs; finest sets mask stride
     cfg.MODEL.PIXEL_DECODER.CONVS_DIM = 256  # channels of the FPN lateral/output convolutions
     cfg.MODEL.PIXEL_DECODER.MASK_DIM = 256  # channels of the per-pixel mask features
@@ -80,7 +81,10 @@ def _add_meta_arch_config(cfg: CN) -> None:
     cfg.MODEL.ZEGFORMER.TEMPERATURE = 0.01  # tau: segment logits are cos(G_q, T_c) / tau
     cfg.MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH = True  # add the frozen CLIP image encoder's score on masked crops
     cfg.MODEL.ZEGFORMER.ENSEMBLE_LAMBDA = 2.0 / 3.0  # lambda of the segment/CLIP geometric ensemble
-    cfg.MODEL.ZEGFORMER.ENSEMBLE_MODE = "seen_unseen"  # seen_unseen (paper's rule) | all (lambda on every class)
+    cfg.MODEL.ZEGFORMER.ENSEMBLE_MODE = "seen_unseen"  # seen_unseen (paper's rule) | all (every class treated as unseen)
+    cfg.MODEL.ZEGFORMER.ENSEMBLE_MEAN_SEEN_CLIP = True  # CLIP's seen-class probabilities -> their mean (ref. code)
+    cfg.MODEL.ZEGFORMER.ENSEMBLE_CLIP_NO_OBJECT = True  # CLIP softmax includes the segment no-object logit (ref.)
+    cfg.MODEL.ZEGFORMER.MEAN_SEEN_CLIP = True  # replace CLIP's seen-class probabilities by their mean (reference code)
     cfg.MODEL.ZEGFORMER.CALIBRATION_GAMMA = 0.0  # gamma subtracted from seen-class scores at inference
 
     cfg.MODEL.TWO_STAGE = CN()
@@ -97,7 +101,7 @@ def _add_meta_arch_config(cfg: CN) -> None:
 
 def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD (SGD uses SOLVER.MOMENTUM and SOLVER.NESTEROV)
-    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # learning-rate multiplier of the backbone
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # learning-rate multiplier of parameters under modules named "backbone"
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of nn.Embedding weights and parameters named "*embed*"
     # The two keys below are the ones detectron2.projects.deeplab reads for its WarmupPolyLR; zegseg defines them
     # here (same names and defaults as deeplab's add_deeplab_config, which zegseg does not call).

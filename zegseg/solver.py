@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Set, Type
 import torch
 from detectron2.config import CfgNode
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
-from detectron2.solver import LRScheduler, maybe_add_gradient_clipping
-from detectron2.solver.build import reduce_param_groups
+from detectron2.solver import LRScheduler
+from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from torch import nn
 
 __all__ = ["build_lr_scheduler", "build_optimizer", "get_param_groups", "with_full_model_gradient_clipping"]

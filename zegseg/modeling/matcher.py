@@ -125,9 +125,10 @@ class HungarianMatcher(nn.Module):
                     f" got labels in [{int(labels.min())}, {int(labels.max())}]"
                 )
             prob = logits.float().softmax(-1)
-            cost = cost + self.cost_class * -prob[:, labels]
+            cost = cost + self.cost_class * -prob[:, labels.to(prob.device)]
         if self.cost_mask != 0 or self.cost_dice != 0:
-            tgt = F.interpolate(target_masks[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0]
+            tgt = target_masks.to(device=masks.device, dtype=torch.float32)[:, None]
+            tgt = F.interpolate(tgt, size=masks.shape[-2:], mode="nearest")[:, 0]
             src = masks.float().flatten(1)
             tgt = tgt.flatten(1)
             if self.cost_mask != 0:

@@ -73,9 +73,10 @@ def masks_to_boxes(masks: Tensor) -> Tuple[Tensor, Tensor]:
         valid: (Q,) bool, False for masks with no pixels.
     """
     _, h, w = masks.shape
-    rows = masks.any(dim=2).to(torch.uint8)  # (Q, H)
-    cols = masks.any(dim=1).to(torch.uint8)  # (Q, W)
+    rows = masks.any(dim=2)  # (Q, H)
+    cols = masks.any(dim=1)  # (Q, W)
     valid = rows.any(dim=1)
+    rows, cols = rows.to(torch.uint8), cols.to(torch.uint8)  # argmax finds the first True
     y1 = rows.argmax(dim=1)
     y2 = h - rows.flip(1).argmax(dim=1)
     x1 = cols.argmax(dim=1)
