@@ -103,7 +103,7 @@ def prepare(root: Path, sbd_dir: Optional[Path], workers: int) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=dataset_root(), help="dataset root (default: $DETECTRON2_DATASETS)")
-    parser.add_argument("--sbd-dir", default=None, help="SBD 'dataset' folder (default: ROOT/benchmark_RELEASE/dataset)")
+    parser.add_argument("--sbd-dir", default=None, help="SBD folder (default: ROOT/benchmark_RELEASE/dataset)")
     parser.add_argument("--no-sbd", action="store_true", help="train on VOC's 1,464 training images only")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """CLIP-side building blocks: prompt sets, cached text embeddings, learned prompts, region crops, the text
 classifier and the inference arithmetic."""
+
 import math
 
 import pytest

@@ -2,7 +2,8 @@
 
 Importing the package registers its datasets, dataset mappers, evaluators and meta-architectures.
 """
-from .version import __version__
+from . import data, evaluation, modeling  # noqa: F401  (registration happens on import)
 from .config import add_zegseg_config
+from .version import __version__
 
 __all__ = ["__version__", "add_zegseg_config"]

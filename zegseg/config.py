@@ -34,7 +34,6 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.NAME = "ViT-B/16"  # an OpenAI CLIP name (looked up in WEIGHTS_DIR), "ToyCLIP", or a file path
     cfg.MODEL.CLIP.WEIGHTS_DIR = ""  # directory holding named CLIP checkpoints ("": $ZEGSEG_CLIP_DIR or ~/.cache/clip)
     cfg.MODEL.CLIP.TEMPLATES = "vild"  # prompt set: a name in zegseg.modeling.clip.prompts.TEMPLATE_SETS, or custom
-    cfg.MODEL.CLIP.REGION_TEMPLATES = ""  # prompt set for the CLIP image branch's text side ("": TEMPLATES)
     cfg.MODEL.CLIP.CUSTOM_TEMPLATES = []  # templates with one "{}" each, used when TEMPLATES is "custom"
     cfg.MODEL.CLIP.EMBED_CACHE_DIR = ""  # on-disk text-embedding cache ("": ~/.cache/zegseg/text_embeddings)
     cfg.MODEL.CLIP.CROP_STYLE = "cropmask"  # region crops for the image branch: cropmask | mask | crop
@@ -81,9 +80,7 @@ def _add_meta_arch_config(cfg: CN) -> None:
     cfg.MODEL.ZEGFORMER.TEMPERATURE = 0.01  # tau: segment logits are cos(G_q, T_c) / tau
     cfg.MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH = True  # add the frozen CLIP image encoder's score on masked crops
     cfg.MODEL.ZEGFORMER.ENSEMBLE_LAMBDA = 2.0 / 3.0  # lambda of the segment/CLIP geometric ensemble
-    cfg.MODEL.ZEGFORMER.ENSEMBLE_MODE = "seen_unseen"  # seen_unseen (paper's rule) | all (every class treated as unseen)
-    cfg.MODEL.ZEGFORMER.ENSEMBLE_MEAN_SEEN_CLIP = True  # CLIP's seen-class probabilities -> their mean (ref. code)
-    cfg.MODEL.ZEGFORMER.ENSEMBLE_CLIP_NO_OBJECT = True  # CLIP softmax includes the segment no-object logit (ref.)
+    cfg.MODEL.ZEGFORMER.ENSEMBLE_MODE = "seen_unseen"  # seen_unseen (paper's rule) | all (every class as unseen)
     cfg.MODEL.ZEGFORMER.MEAN_SEEN_CLIP = True  # replace CLIP's seen-class probabilities by their mean (reference code)
     cfg.MODEL.ZEGFORMER.CALIBRATION_GAMMA = 0.0  # gamma subtracted from seen-class scores at inference
 

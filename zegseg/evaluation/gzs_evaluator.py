@@ -86,9 +86,11 @@ def sem_seg_metrics(
         unseen_miou = 100 * _mean(iou[valid & unseen])
         res["mIoU-seen"] = seen_miou
         res["mIoU-unseen"] = unseen_miou
-        res["hIoU"] = (
-            2 * seen_miou * unseen_miou / (seen_miou + unseen_miou) if seen_miou + unseen_miou > 0 else 0.0
-        )  # NaN propagates when either group has no valid class
+        if math.isnan(seen_miou) or math.isnan(unseen_miou):  # a group without any ground-truth pixel
+            res["hIoU"] = math.nan
+        else:
+            total_miou = seen_miou + unseen_miou
+            res["hIoU"] = 2 * seen_miou * unseen_miou / total_miou if total_miou > 0 else 0.0
     for name, value in zip(class_names, iou):
         res[f"IoU-{name}"] = 100 * float(value)
     return res

@@ -11,6 +11,7 @@ ZegFormer: λ = ``MODEL.ZEGFORMER.ENSEMBLE_LAMBDA`` (2/3). The two-stage model's
 (``MODEL.TWO_STAGE.ENSEMBLE_WEIGHT``: seen ``p_mf^w p_clip^(1-w)``, unseen ``p_mf^(1-w) p_clip^w``); for a
 cross-dataset vocabulary every class is unseen (``unseen`` all True, or ``mode="all"``).
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,5 @@
 """Classification of embeddings (segments or pixels) against class-name text embeddings."""
+
 from __future__ import annotations
 
 import math

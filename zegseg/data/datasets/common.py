@@ -93,7 +93,7 @@ class ClassList:
         return tuple(i for n, i in zip(self.names, self.raw_ids) if n not in unseen)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_class_list(name: str) -> ClassList:
     """The packaged class list ``class_names/<name>.json`` (e.g. "coco_stuff", "ade20k_full").
 

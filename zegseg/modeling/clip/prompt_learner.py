@@ -7,6 +7,7 @@ are trainable.
 
 The frozen CLIP is passed to the methods rather than stored, so it never enters this module's state dict.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -106,11 +107,18 @@ class PromptLearner(nn.Module):
         @torch.no_grad()
         def encode(texts: List[str]) -> Tensor:
             return torch.cat(
-                [self.encode_prompts(clip_model, texts[i : i + chunk_size]).float() for i in range(0, len(texts), chunk_size)]
+                [
+                    self.encode_prompts(clip_model, texts[i : i + chunk_size]).float()
+                    for i in range(0, len(texts), chunk_size)
+                ]
             )
 
         return TextEmbedder(
-            clip_model, self.templates, encode_fn=encode, encoder_tag=f"coop-{self.n_ctx}-{self.fingerprint()}", **kwargs
+            clip_model,
+            self.templates,
+            encode_fn=encode,
+            encoder_tag=f"coop-{self.n_ctx}-{self.fingerprint()}",
+            **kwargs,
         )
 
     def extra_repr(self) -> str:
@@ -134,7 +142,9 @@ def load_prompt_learner(path: Union[str, Path], clip_model: nn.Module) -> Prompt
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     keys = [k for k in state if k == "ctx" or k.endswith("prompt_learner.ctx")] if isinstance(state, dict) else []
     if len(keys) != 1:
-        raise ValueError(f"{path} holds {len(keys)} learned-prompt tensors ('ctx' or '*prompt_learner.ctx'); expected 1")
+        raise ValueError(
+            f"{path} holds {len(keys)} learned-prompt tensors ('ctx' or '*prompt_learner.ctx'); expected 1"
+        )
     ctx = state[keys[0]]
     if ctx.ndim != 2 or ctx.shape[1] != clip_model.token_embedding.weight.shape[1]:
         raise ValueError(

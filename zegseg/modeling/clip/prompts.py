@@ -16,6 +16,7 @@ Sets:
 * ``photo``: the plain "a photo of a {}." (used for the embedded toy world).
 * ``custom``: a list given by the user (``MODEL.CLIP.CUSTOM_TEMPLATES``).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple

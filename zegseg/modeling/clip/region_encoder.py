@@ -13,6 +13,7 @@ whole-image box and ``valid = False``.
 Images here are in CLIP's normalised RGB space ((x / 255 - mean) / std), where the mean colour is exactly 0;
 :func:`normalize_for_clip` converts detectron2's 0-255 input images (BGR or RGB) into it.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -131,7 +132,9 @@ def make_region_crops(
     if masks.dtype != torch.bool:
         raise ValueError(f"masks must be bool (Q, H, W), got {masks.dtype}")
     if image.ndim != 3 or masks.ndim != 3 or image.shape[-2:] != masks.shape[-2:]:
-        raise ValueError(f"image (3, H, W) and masks (Q, H, W) must share H, W: {tuple(image.shape)}, {tuple(masks.shape)}")
+        raise ValueError(
+            f"image (3, H, W) and masks (Q, H, W) must share H, W: {tuple(image.shape)}, {tuple(masks.shape)}"
+        )
     num, h, w = masks.shape
     boxes, valid = masks_to_boxes(masks)
     if style == "mask":
@@ -146,7 +149,10 @@ def make_region_crops(
     if style != "crop":
         own = torch.arange(num, device=boxes.device, dtype=boxes.dtype)[:, None]
         alpha = roi_align(
-            masks[:, None].to(image.dtype), torch.cat([own, boxes], dim=1), out_size, sampling_ratio=sampling_ratio,
+            masks[:, None].to(image.dtype),
+            torch.cat([own, boxes], dim=1),
+            out_size,
+            sampling_ratio=sampling_ratio,
             aligned=True,
         )
         crops = crops * alpha  # blend towards 0, CLIP's mean colour
@@ -211,10 +217,12 @@ class RegionCLIPClassifier(nn.Module):
         }
 
     def binarize(self, masks: Tensor, size: Tuple[int, int]) -> Tensor:
-        """(Q, h, w) bool masks (kept), or float logits (resized bilinearly to ``size``, thresholded) → (Q, H, W) bool."""
+        """(Q, H, W) bool masks pass; (Q, h, w) float logits are resized to ``size``, thresholded → (Q, H, W) bool."""
         if masks.dtype == torch.bool:
             if tuple(masks.shape[-2:]) != tuple(size):
-                raise ValueError(f"bool masks of size {tuple(masks.shape[-2:])} do not match the image size {tuple(size)}")
+                raise ValueError(
+                    f"bool masks of size {tuple(masks.shape[-2:])} do not match the image size {tuple(size)}"
+                )
             return masks
         if tuple(masks.shape[-2:]) != tuple(size):
             masks = F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=False)[0]
@@ -229,13 +237,15 @@ class RegionCLIPClassifier(nn.Module):
             image: (3, H, W) uint8/float 0-255 in ``input_format`` (a detectron2 input ``"image"``, unpadded).
             masks: (Q, H, W) bool, or (Q, h, w) float mask logits (see :meth:`binarize`).
         Returns:
-            embeddings: (Q, D) float32, L2-normalised; zero rows where ``valid`` is False (CLIP is not run on them).
+            embeddings: (Q, D) float32 on CLIP's device, L2-normalised; zero rows where ``valid`` is False (CLIP
+                is not run on them).
             valid: (Q,) bool, False for empty masks.
         """
-        masks = self.binarize(masks.to(image.device), tuple(image.shape[-2:]))
+        device = clip_model.text_projection.device
+        image = image.to(device)
+        masks = self.binarize(masks.to(device), tuple(image.shape[-2:]))
         valid = masks.flatten(1).any(dim=1)
-        dim = int(clip_model.text_projection.shape[1])
-        out = torch.zeros(masks.shape[0], dim, device=image.device)
+        out = torch.zeros(masks.shape[0], int(clip_model.text_projection.shape[1]), device=device)
         if not bool(valid.any()):
             return out, valid
         crops, _ = make_region_crops(
@@ -245,10 +255,9 @@ class RegionCLIPClassifier(nn.Module):
             out_size=int(clip_model.visual.input_resolution),
             expand_ratio=self.expand_ratio,
         )
-        device = clip_model.text_projection.device
         with torch.autocast(device_type=device.type, enabled=self.amp and device.type == "cuda"):
-            feats = torch.cat([clip_model.encode_image(c.to(device)).float() for c in crops.split(self.chunk_size)])
-        out[valid] = F.normalize(feats, dim=-1).to(out.device)
+            feats = torch.cat([clip_model.encode_image(c).float() for c in crops.split(self.chunk_size)])
+        out[valid] = F.normalize(feats, dim=-1)
         return out, valid
 
     def forward(

@@ -8,6 +8,7 @@ The encoder is pluggable: :class:`TextEmbedder` and :func:`embed_class_names` ta
 list of prompt strings to (N, D) features. The default, :func:`clip_text_encoder`, tokenises and runs CLIP's text
 tower; :class:`zegseg.modeling.clip.prompt_learner.PromptLearner` supplies one with learned context tokens.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -153,7 +154,9 @@ class TextEmbedder:
         if disk_cache and fingerprint is not None:
             self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         elif disk_cache:
-            logger.info("CLIP model has no checkpoint_path and no fingerprint was given: text embeddings cached in memory only")
+            logger.info(
+                "CLIP model has no checkpoint_path and no fingerprint was given: text embeddings cached in memory only"
+            )
         self._memory: Dict[str, Tensor] = {}
 
     @property
@@ -205,7 +208,11 @@ class TextEmbedder:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
             emb = data["embeddings"]
-            ok = data["names"] == names and data["templates"] == self.templates and emb.shape == (len(names), self.embed_dim)
+            ok = (
+                data["names"] == names
+                and data["templates"] == self.templates
+                and emb.shape == (len(names), self.embed_dim)
+            )
         except Exception as e:  # a truncated or foreign file: recompute and overwrite it
             logger.warning("Ignoring unreadable text-embedding cache %s (%s)", path, e)
             return None
