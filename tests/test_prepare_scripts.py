@@ -142,8 +142,9 @@ def test_prepare_is_idempotent(tmp_path, caplog):
 
 def write_palette_png(path: Path, label: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(label, mode="P")
-    img.putpalette(list(np.random.default_rng(1).integers(0, 256, 768, dtype=np.uint8)))
+    img = Image.fromarray(label)
+    img.putpalette(list(np.random.default_rng(1).integers(0, 256, 768, dtype=np.uint8)))  # L -> P, same indices
+    assert img.mode == "P"
     img.save(path)
 
 

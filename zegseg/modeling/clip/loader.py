@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -75,13 +77,20 @@ def resolve_clip_path(name_or_path: str, weights_dir: Optional[Union[str, Path]]
     )
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (it holds compiled code), as OpenAI's CLIP releases are."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     """State dict of a TorchScript archive (OpenAI's releases) or of a plain/wrapped state-dict checkpoint."""
-    try:
-        with open(path, "rb") as f:
-            return torch.jit.load(f, map_location="cpu").eval().state_dict()
-    except RuntimeError:
-        pass
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            return torch.jit.load(str(path), map_location="cpu").eval().state_dict()
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
