@@ -4,6 +4,7 @@ Importing the package registers its datasets, dataset mappers, evaluators and me
 """
 from . import data, evaluation, modeling  # noqa: F401  (registration happens on import)
 from .config import add_zegseg_config
+from .predictor import Predictor
 from .version import __version__
 
-__all__ = ["__version__", "add_zegseg_config"]
+__all__ = ["Predictor", "__version__", "add_zegseg_config"]
