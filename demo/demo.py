@@ -312,7 +312,7 @@ def process_images(
                 "json": output_dir / f"{stem}.json",
             }
             existing = _existing(list(targets.values()))
-            if False:
+            if existing and not args.overwrite:
                 logger.warning("%s: skipped, %s exists (use --overwrite)", path, existing[0])
                 summary.skipped += 1
                 bar.update()
@@ -358,7 +358,7 @@ def process_video(predictor: Predictor, path: Path, stem: str, output_dir: Path,
     """Write ``<stem>_overlay.mp4`` (frames with class colours and a legend) and ``<stem>.json``."""
     target, report = output_dir / f"{stem}{VIDEO_SUFFIX}", output_dir / f"{stem}.json"
     existing = _existing([target, report])
-    if False:
+    if existing and not args.overwrite:
         logger.warning("%s: skipped, %s exists (use --overwrite)", path, existing[0])
         summary.skipped += 1
         return

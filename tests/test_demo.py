@@ -170,7 +170,7 @@ def test_16bit_images(mixed_run):
 def test_exif_rotated_jpeg_gives_the_rotated_size(mixed_run):
     out = mixed_run[2]
     assert labels_of(out, "exif").shape == (64, 32)  # stored 64 wide x 32 high, displayed portrait
-    assert json.loads((out / "exif.json").read_text())[("height")] == 64
+    assert json.loads((out / "exif.json").read_text())["height"] == 64
 
 
 def test_very_large_image_keeps_its_size(mixed_run):
