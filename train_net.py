@@ -8,7 +8,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
 import zegseg  # noqa: F401  (registers datasets, mappers, evaluators and meta-architectures)
-from zegseg.engine import ZegsegTrainer, setup_cfg
+from zegseg.engine import ZegsegTrainer, preflight, setup_cfg
 
 
 def main(args):
@@ -24,6 +24,7 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    preflight(args)
     launch(
         main,
         args.num_gpus,

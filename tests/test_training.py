@@ -71,3 +71,24 @@ def test_two_cpu_processes_stay_in_sync(mini_toy_root, tiny_clip_path, tmp_path)
     metrics = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
     assert any("total_loss" in m for m in metrics)  # training was logged
     assert any("sem_seg/hIoU" in m for m in metrics)  # and the final evaluation ran in both processes
+
+
+@pytest.mark.parametrize(
+    "config_file, opts, message",
+    [
+        ("missing.yaml", [], "config file not found: missing.yaml"),
+        ("configs/toy/zegformer.yaml", ["NOT.A_KEY", "1"], "Non-existent key: NOT.A_KEY"),
+        ("configs/toy/zegformer.yaml", ["MODEL.WEIGHTS", "nowhere/model.pth"], "MODEL.WEIGHTS file not found"),
+        ("configs/toy/zegformer.yaml", ["MODEL.CLIP.NAME", "ViT-L/14", "MODEL.CLIP.WEIGHTS_DIR", "/nonexistent"],
+         "/nonexistent/ViT-L-14.pt"),
+    ],
+)
+def test_train_net_preflight_reports_user_mistakes_in_one_line(config_file, opts, message):
+    import argparse
+
+    from zegseg.engine import preflight
+
+    args = argparse.Namespace(config_file=config_file, opts=opts, resume=False)
+    with pytest.raises(SystemExit) as err:
+        preflight(args)
+    assert message in str(err.value) and "\n" not in str(err.value)

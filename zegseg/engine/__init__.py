@@ -1,4 +1,5 @@
-from .setup_config import setup_cfg
+from .preflight import preflight
+from .setup_config import load_config, setup_cfg
 from .trainer import ZegsegTrainer
 
-__all__ = ["ZegsegTrainer", "setup_cfg"]
+__all__ = ["ZegsegTrainer", "load_config", "preflight", "setup_cfg"]
