@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     ref = rows[0][1]["s_per_image"]
     print(f"\nconfig: {args.config_file} | input {args.size}x{args.size} | {args.images} images | "
           f"device {cfg.MODEL.DEVICE} | threads {torch.get_num_threads()} | torch {torch.__version__}\n")
-    print("| variant | params (M, w/o CLIP) | CLIP params (M) | s/image | images/s | time vs default | peak mem (GiB) |")
+    print("| variant | params (M, w/o CLIP) | CLIP params (M) | s/image | images/s | time vs default | peak GiB |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['params_M']:.1f} | {r['clip_params_M']:.1f} | {r['s_per_image']:.2f} | "

@@ -30,7 +30,8 @@ def preflight(args: argparse.Namespace) -> CfgNode:
         raise SystemExit(f"error: {e}") from None
     except (KeyError, AssertionError, ValueError) as e:
         raise SystemExit(f"error: bad config override in {args.opts}: {e}") from None
-    if not _weights_present(cfg.MODEL.WEIGHTS) and not (args.resume and Path(cfg.OUTPUT_DIR, "last_checkpoint").exists()):
+    resuming = args.resume and Path(cfg.OUTPUT_DIR, "last_checkpoint").exists()
+    if not _weights_present(cfg.MODEL.WEIGHTS) and not resuming:
         raise SystemExit(f"error: MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
     if cfg.MODEL.META_ARCHITECTURE in ("ZegFormer", "TwoStageCLIP", "PixelLevelZS"):
         try:

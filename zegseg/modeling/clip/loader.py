@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 import zipfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -100,7 +100,7 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     return dict(obj)
 
 
-@lru_cache(maxsize=None)
+@cache
 def checkpoint_fingerprint(path: Union[str, Path]) -> str:
     """SHA-256 (first 16 hex digits) of a checkpoint file; keys on-disk caches of its text embeddings."""
     digest = hashlib.sha256()

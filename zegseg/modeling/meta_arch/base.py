@@ -145,7 +145,7 @@ class OpenVocabSegmentor(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    def train(self, mode: bool = True) -> "OpenVocabSegmentor":
+    def train(self, mode: bool = True) -> OpenVocabSegmentor:
         """Switch mode; the frozen CLIP always stays in eval mode."""
         super().train(mode)
         self.clip_model.eval()
