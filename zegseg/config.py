@@ -110,5 +110,4 @@ def _add_solver_config(cfg: CN) -> None:
 def _add_test_config(cfg: CN) -> None:
     cfg.TEST.VOCABULARY = []  # class names to segment at inference ([]: the classes of DATASETS.TEST[0])
     cfg.TEST.UNSEEN_CLASSES = []  # names in TEST.VOCABULARY treated as unseen (with a custom vocabulary)
-    cfg.TEST.FAST_MODE = False  # send only queries that can matter to CLIP (see FAST_* keys)
     cfg.TEST.AMP = True  # autocast on GPU at inference (CPU always runs fp32)
