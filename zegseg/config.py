@@ -91,9 +91,11 @@ def _add_meta_arch_config(cfg: CN) -> None:
     cfg.MODEL.TWO_STAGE.PROMPT_TRAINING = False  # train only the learned prompts, on ground-truth-mask crops
 
     cfg.MODEL.PIXEL_LEVEL = CN()
-    cfg.MODEL.PIXEL_LEVEL.TEMPERATURE = 0.07  # per-pixel logits are cos(pixel, text) / temperature
-    cfg.MODEL.PIXEL_LEVEL.SPATIAL_BLOCK = "none"  # spatial regularisation: none | depthwise | bottleneck
-    cfg.MODEL.PIXEL_LEVEL.NUM_SPATIAL_BLOCKS = 2  # spatial regularisation blocks after the classifier
+    cfg.MODEL.PIXEL_LEVEL.TEMPERATURE = 0.07  # per-pixel logits are cos(pixel, text) / temperature (LSeg 0.07)
+    cfg.MODEL.PIXEL_LEVEL.SPATIAL_BLOCK = "none"  # LSeg spatial regularisation: none | depthwise | bottleneck
+    cfg.MODEL.PIXEL_LEVEL.NUM_SPATIAL_BLOCKS = 2  # spatial regularisation blocks after the classifier (LSeg's depth)
+    cfg.MODEL.PIXEL_LEVEL.SPATIAL_ACTIVATION = "lrelu"  # after each spatial block but the last: lrelu | tanh | relu
+    cfg.MODEL.PIXEL_LEVEL.CALIBRATION_GAMMA = 0.0  # gamma subtracted from seen-class probabilities at inference (SPNet)
 
 
 def _add_solver_config(cfg: CN) -> None:

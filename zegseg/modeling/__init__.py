@@ -1,5 +1,12 @@
 from .clip import load_clip
-from .meta_arch import OpenVocabSegmentor, ZegFormer
+from .meta_arch import OpenVocabSegmentor, PixelLevelZS, ZegFormer
 from .pixel_decoder import PIXEL_DECODER_REGISTRY, build_pixel_decoder
 
-__all__ = ["PIXEL_DECODER_REGISTRY", "OpenVocabSegmentor", "ZegFormer", "build_pixel_decoder", "load_clip"]
+__all__ = [
+    "PIXEL_DECODER_REGISTRY",
+    "OpenVocabSegmentor",
+    "PixelLevelZS",
+    "ZegFormer",
+    "build_pixel_decoder",
+    "load_clip",
+]

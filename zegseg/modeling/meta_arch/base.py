@@ -13,21 +13,35 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..clip import load_clip
+from ..clip.prompt_learner import load_prompt_learner
 from ..clip.prompts import get_templates
 from ..clip.text_encoder import TextEmbedder
 from ..vocabulary import check_vocabulary, dataset_vocabulary
 
-__all__ = ["OpenVocabSegmentor", "build_clip_and_text_embedder", "default_vocabularies"]
+__all__ = [
+    "OpenVocabSegmentor",
+    "build_clip_and_text_embedder",
+    "default_vocabularies",
+    "keep_clip_out_of_checkpoints",
+]
 
 logger = logging.getLogger(__name__)
 
 
 def build_clip_and_text_embedder(cfg: CfgNode) -> Tuple[nn.Module, TextEmbedder]:
-    """The frozen CLIP named by MODEL.CLIP.NAME and a cached text embedder using its prompt templates."""
+    """The frozen CLIP named by MODEL.CLIP.NAME and a cached text embedder.
+
+    The embedder puts class names into the prompt templates MODEL.CLIP.TEMPLATES or, when
+    MODEL.CLIP.PROMPT_LEARNER.WEIGHTS names a file, after the learned context vectors stored there (any class
+    name works: the context is shared by all classes).
+    """
     clip_model = load_clip(cfg.MODEL.CLIP.NAME, device=cfg.MODEL.DEVICE, weights_dir=cfg.MODEL.CLIP.WEIGHTS_DIR or None)
+    cache_dir = cfg.MODEL.CLIP.EMBED_CACHE_DIR or None
+    if cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS:
+        learner = load_prompt_learner(cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS, clip_model)
+        return clip_model, learner.text_embedder(clip_model, cache_dir=cache_dir)
     templates = get_templates(cfg.MODEL.CLIP.TEMPLATES, custom=cfg.MODEL.CLIP.CUSTOM_TEMPLATES)
-    embedder = TextEmbedder(clip_model, templates, cache_dir=cfg.MODEL.CLIP.EMBED_CACHE_DIR or None)
-    return clip_model, embedder
+    return clip_model, TextEmbedder(clip_model, templates, cache_dir=cache_dir)
 
 
 def default_vocabularies(cfg: CfgNode) -> Dict[str, object]:
@@ -86,9 +100,7 @@ class OpenVocabSegmentor(nn.Module):
         self.input_format = input_format
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
-        self.clip_model.requires_grad_(False)
-        self._register_state_dict_hook(_drop_clip_weights)
-        self._register_load_state_dict_pre_hook(_restore_clip_weights, with_module=True)
+        keep_clip_out_of_checkpoints(self)
 
         self.train_class_names: List[str] = list(train_class_names)
         self.register_buffer("train_text_embeddings", self._embed(self.train_class_names), persistent=False)
@@ -174,6 +186,14 @@ class OpenVocabSegmentor(nn.Module):
         if tuple(scores.shape[-2:]) == (height, width):
             return scores
         return F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def keep_clip_out_of_checkpoints(module: nn.Module) -> None:
+    """Freeze ``module.clip_model`` and keep it out of ``module``'s state dict (it is reloaded from its own file);
+    loading a state dict without CLIP's weights then takes them from the already-loaded CLIP."""
+    module.clip_model.requires_grad_(False)
+    module._register_state_dict_hook(_drop_clip_weights)
+    module._register_load_state_dict_pre_hook(_restore_clip_weights, with_module=True)
 
 
 def _drop_clip_weights(module: nn.Module, state_dict: Dict, prefix: str, local_metadata) -> None:
