@@ -85,10 +85,9 @@ def _add_meta_arch_config(cfg: CN) -> None:
     cfg.MODEL.ZEGFORMER.CALIBRATION_GAMMA = 0.0  # gamma subtracted from seen-class scores at inference
 
     cfg.MODEL.TWO_STAGE = CN()
-    cfg.MODEL.TWO_STAGE.LOGIT_SCALE = 100.0  # proposal logits are this times cos(proposal, text)
-    cfg.MODEL.TWO_STAGE.EMBED_HIDDEN_DIM = 1024  # hidden width of the query-embedding MLP
-    cfg.MODEL.TWO_STAGE.ENSEMBLE_WEIGHT = 0.8  # w: seen p_mf^w p_clip^(1-w), unseen swapped; <= 0: CLIP only
-    cfg.MODEL.TWO_STAGE.PROMPT_TRAINING = False  # train only the learned prompts, on ground-truth-mask crops
+    cfg.MODEL.TWO_STAGE.LOGIT_SCALE = 100.0  # proposal logits: this times cos(proposal, text) (+ "no object")
+    cfg.MODEL.TWO_STAGE.EMBED_HIDDEN_DIM = 1024  # hidden width of the two-layer MLP from queries to CLIP's space
+    cfg.MODEL.TWO_STAGE.ENSEMBLE_WEIGHT = 0.8  # w: seen p_mf^w p_clip^(1-w), unseen p_mf^(1-w) p_clip^w; <=0: CLIP only
 
     cfg.MODEL.PIXEL_LEVEL = CN()
     cfg.MODEL.PIXEL_LEVEL.TEMPERATURE = 0.07  # per-pixel logits are cos(pixel, text) / temperature (LSeg 0.07)

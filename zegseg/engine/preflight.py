@@ -33,7 +33,7 @@ def preflight(args: argparse.Namespace) -> CfgNode:
     resuming = args.resume and Path(cfg.OUTPUT_DIR, "last_checkpoint").exists()
     if not _weights_present(cfg.MODEL.WEIGHTS) and not resuming:
         raise SystemExit(f"error: MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
-    if cfg.MODEL.META_ARCHITECTURE in ("ZegFormer", "TwoStageCLIP", "PixelLevelZS"):
+    if cfg.MODEL.META_ARCHITECTURE in ("ZegFormer", "TwoStageCLIP", "PromptLearnerCLIP", "PixelLevelZS"):
         try:
             resolve_clip_path(cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS_DIR or None)
         except ClipWeightsNotFoundError as e:

@@ -74,7 +74,7 @@ class PromptLearner(nn.Module):
         tokens = tokens.to(device)
         with torch.no_grad():
             words = clip_model.token_embedding(tokens).to(dtype)  # (N, L, W)
-        ctx = self.ctx.to(dtype).unsqueeze(0).expand(len(texts), -1, -1)
+        ctx = self.ctx.to(device=device, dtype=dtype).unsqueeze(0).expand(len(texts), -1, -1)
         x = torch.cat([words[:, :1], ctx, words[:, 1 + self.n_ctx :]], dim=1)
         x = x + clip_model.positional_embedding.to(dtype)
         x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD

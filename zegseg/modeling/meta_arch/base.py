@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_backbone
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -42,6 +43,27 @@ def build_clip_and_text_embedder(cfg: CfgNode) -> Tuple[nn.Module, TextEmbedder]
         return clip_model, learner.text_embedder(clip_model, cache_dir=cache_dir)
     templates = get_templates(cfg.MODEL.CLIP.TEMPLATES, custom=cfg.MODEL.CLIP.CUSTOM_TEMPLATES)
     return clip_model, TextEmbedder(clip_model, templates, cache_dir=cache_dir)
+
+
+def open_vocab_config(cfg: CfgNode) -> Dict[str, object]:
+    """``from_config`` arguments every :class:`OpenVocabSegmentor` shares: backbone, frozen CLIP, cached text
+    embedder, vocabularies and input normalisation.
+
+    Inputs are padded to a multiple of 32 (the coarsest backbone stride) or of the backbone's own requirement;
+    training crops may additionally be padded by the mapper (INPUT.SIZE_DIVISIBILITY), never test images.
+    """
+    backbone = build_backbone(cfg)
+    clip_model, text_embedder = build_clip_and_text_embedder(cfg)
+    return {
+        "backbone": backbone,
+        "clip_model": clip_model,
+        "text_embedder": text_embedder,
+        **default_vocabularies(cfg),
+        "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+        "pixel_std": cfg.MODEL.PIXEL_STD,
+        "size_divisibility": max(backbone.size_divisibility, 32),
+        "input_format": cfg.INPUT.FORMAT,
+    }
 
 
 def default_vocabularies(cfg: CfgNode) -> Dict[str, object]:

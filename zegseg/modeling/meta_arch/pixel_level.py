@@ -11,7 +11,7 @@ from typing import Dict, List, Sequence
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from ..inference import calibrate
 from ..pixel_decoder import build_pixel_decoder
 from ..text_classifier import TextEmbeddingClassifier
-from .base import OpenVocabSegmentor, build_clip_and_text_embedder, default_vocabularies
+from .base import OpenVocabSegmentor, open_vocab_config
 
 __all__ = [
     "SPATIAL_ACTIVATIONS",
@@ -167,12 +167,12 @@ class PixelLevelZS(OpenVocabSegmentor):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
-        backbone = build_backbone(cfg)
-        clip_model, text_embedder = build_clip_and_text_embedder(cfg)
+        shared = open_vocab_config(cfg)
+        clip_model = shared["clip_model"]
         pl = cfg.MODEL.PIXEL_LEVEL
         return {
-            "backbone": backbone,
-            "pixel_decoder": build_pixel_decoder(cfg, backbone.output_shape()),
+            **shared,
+            "pixel_decoder": build_pixel_decoder(cfg, shared["backbone"].output_shape()),
             "mask_dim": cfg.MODEL.PIXEL_DECODER.MASK_DIM,
             "text_classifier": TextEmbeddingClassifier(
                 embed_dim=int(clip_model.text_projection.shape[1]),
@@ -184,13 +184,6 @@ class PixelLevelZS(OpenVocabSegmentor):
             "ignore_value": int(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).ignore_label) if cfg.DATASETS.TRAIN else 255,
             "calibration_gamma": pl.CALIBRATION_GAMMA,
             "amp": cfg.TEST.AMP,
-            "clip_model": clip_model,
-            "text_embedder": text_embedder,
-            **default_vocabularies(cfg),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "size_divisibility": max(cfg.INPUT.SIZE_DIVISIBILITY, backbone.size_divisibility, 1),
-            "input_format": cfg.INPUT.FORMAT,
         }
 
     def predict(self, images: Tensor) -> Tensor:

@@ -1,0 +1,181 @@
+"""The mask-classification network that ZegFormer and the two-stage CLIP model share.
+
+backbone → pixel decoder → DETR-style transformer decoder → per query (a) a mask embedding, dotted with the
+per-pixel mask features into a class-agnostic mask, and (b) a segment embedding, classified by cosine similarity
+against the CLIP text embeddings of the vocabulary plus a learnable "no object" embedding. Training uses the
+Hungarian-matched set criterion; inference hands each image's queries to :meth:`segment_image`, which the
+meta-architectures implement (ensembles with the frozen CLIP image encoder, calibration).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..clip.region_encoder import RegionCLIPClassifier
+from ..criterion import SetCriterion
+from ..mlp import MLP
+from ..pixel_decoder import build_pixel_decoder
+from ..text_classifier import TextEmbeddingClassifier
+from ..transformer_decoder import TransformerDecoder
+from .base import OpenVocabSegmentor, open_vocab_config
+
+__all__ = ["MaskClassificationSegmentor"]
+
+
+class MaskClassificationSegmentor(OpenVocabSegmentor):
+    """N queries → N (mask, class distribution) pairs; subclasses turn them into per-pixel scores.
+
+    Not registered: :class:`~zegseg.modeling.meta_arch.zegformer.ZegFormer` and
+    :class:`~zegseg.modeling.meta_arch.two_stage.TwoStageCLIP` are. Subclasses implement :meth:`segment_image`.
+    """
+
+    def __init__(
+        self,
+        *,
+        pixel_decoder: nn.Module,
+        transformer_decoder: TransformerDecoder,
+        mask_dim: int,
+        semantic_hidden_dim: int = 0,
+        text_classifier: TextEmbeddingClassifier,
+        criterion: SetCriterion,
+        region_classifier: Optional[RegionCLIPClassifier] = None,
+        amp: bool = True,
+        **kwargs,
+    ):
+        """
+        Args:
+            pixel_decoder: backbone features → mask features + the transformer decoder's input feature.
+            transformer_decoder: gives (L, B, Q, hidden) query embeddings.
+            mask_dim: channels of the mask features (and of the mask embeddings).
+            semantic_hidden_dim: how query embeddings become segment embeddings in CLIP's space: 0 → one linear
+                layer (ZegFormer); > 0 → a two-layer MLP with this hidden width (the two-stage model's 1024).
+            text_classifier: segment embeddings → (.., K + 1) logits against the text embeddings.
+            criterion: Hungarian-matched CE + focal + dice losses with deep supervision.
+            region_classifier: the frozen-CLIP image branch used at inference (``None``: none).
+            amp: autocast the segmentation network at inference on CUDA.
+            kwargs: see :class:`OpenVocabSegmentor`.
+        """
+        super().__init__(**kwargs)
+        hidden = transformer_decoder.hidden_dim
+        embed_dim = int(self.clip_model.text_projection.shape[1])
+        self.pixel_decoder = pixel_decoder
+        self.transformer_decoder = transformer_decoder
+        self.mask_embed = MLP(hidden, hidden, mask_dim, 3)
+        if semantic_hidden_dim > 0:
+            self.semantic_proj = MLP(hidden, semantic_hidden_dim, embed_dim, 2)
+        else:
+            self.semantic_proj = nn.Linear(hidden, embed_dim)
+        self.text_classifier = text_classifier
+        self.criterion = criterion
+        self.region_classifier = region_classifier
+        self.amp = amp
+
+    @classmethod
+    def network_config(
+        cls, cfg: CfgNode, *, temperature: float, normalize_no_object: bool, clip_image_branch: bool
+    ) -> Dict:
+        """The keyword arguments shared by the subclasses' ``from_config``.
+
+        Args:
+            cfg: the config.
+            temperature: τ of the segment classifier (logits are ``cos / τ``).
+            normalize_no_object: L2-normalise the learnable "no object" embedding.
+            clip_image_branch: build a :class:`RegionCLIPClassifier` from MODEL.CLIP.
+        """
+        shared = open_vocab_config(cfg)
+        clip_model = shared["clip_model"]
+        pixel_decoder = build_pixel_decoder(cfg, shared["backbone"].output_shape())
+        return {
+            **shared,
+            "pixel_decoder": pixel_decoder,
+            "transformer_decoder": TransformerDecoder(cfg, pixel_decoder.transformer_in_channels),
+            "mask_dim": cfg.MODEL.PIXEL_DECODER.MASK_DIM,
+            "text_classifier": TextEmbeddingClassifier(
+                embed_dim=int(clip_model.text_projection.shape[1]),
+                temperature=temperature,
+                normalize_no_object=normalize_no_object,
+            ),
+            "criterion": SetCriterion(cfg),
+            "region_classifier": RegionCLIPClassifier(cfg) if clip_image_branch else None,
+            "amp": cfg.TEST.AMP,
+        }
+
+    def predict(self, images: Tensor) -> Dict[str, Tensor]:
+        """Run the segmentation network.
+
+        Args:
+            images: (B, 3, H, W) normalised, padded images.
+        Returns:
+            "pred_logits": (B, Q, K + 1) logits of the last layer (last column "no object"),
+            "pred_masks": (B, Q, H/4, W/4) mask logits of the last layer,
+            "aux_outputs": the same for the L - 1 earlier layers.
+        """
+        features = self.backbone(images)
+        decoded = self.pixel_decoder(features)
+        hs = self.transformer_decoder(decoded.transformer_features)  # (L, B, Q, hidden)
+        masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), decoded.mask_features)
+        logits = self.text_classifier(F.normalize(self.semantic_proj(hs), dim=-1), self.text_embeddings)
+        aux = [{"pred_logits": lg, "pred_masks": m} for lg, m in zip(logits[:-1], masks[:-1])]
+        return {"pred_logits": logits[-1], "pred_masks": masks[-1], "aux_outputs": aux}
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Tensor]] | Dict[str, Tensor]:
+        """
+        Args:
+            batched_inputs: detectron2 dicts with "image" (3, H, W) and, in training, "instances"
+                (gt_classes, gt_masks over the training vocabulary); optional "height"/"width" at inference.
+        Returns:
+            training: a dict of weighted losses; inference: per image ``{"sem_seg": (K, height, width)}`` scores.
+        """
+        images = self.preprocess_images(batched_inputs)
+        if self.training:
+            outputs = self.predict(images.tensor)
+            targets = self.prepare_targets(batched_inputs, tuple(images.tensor.shape[-2:]))
+            return self.criterion(outputs, targets)
+        amp = self.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, enabled=amp):
+            outputs = self.predict(images.tensor)
+        results = []
+        for i, x in enumerate(batched_inputs):
+            height, width = x.get("height", images.image_sizes[i][0]), x.get("width", images.image_sizes[i][1])
+            sem_seg = self.segment_image(
+                x["image"], outputs["pred_logits"][i].float(), outputs["pred_masks"][i].float(), images.image_sizes[i]
+            )
+            results.append({"sem_seg": self.resize_to_output(sem_seg, images.image_sizes[i], height, width)})
+        return results
+
+    def segment_image(self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]) -> Tensor:
+        """Per-pixel class scores of one image.
+
+        Args:
+            image: (3, H, W) the unnormalised input image (for CLIP crops).
+            logits: (Q, K + 1) segment-classification logits.
+            masks: (Q, h, w) mask logits over the padded image at the mask-feature stride.
+            image_size: (H, W) of the image inside the padding.
+        Returns:
+            (K, H_pad, W_pad) scores at the padded input resolution.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement segment_image")
+
+    def upsample_masks(self, masks: Tensor) -> Tensor:
+        """(Q, h, w) mask logits at the mask-feature stride → (Q, H_pad, W_pad) logits at the padded input size."""
+        stride = self.pixel_decoder.mask_stride
+        size = (masks.shape[-2] * stride, masks.shape[-1] * stride)
+        return F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    def region_clip_logits(self, image: Tensor, masks: Tensor, image_size: Sequence[int]) -> Tuple[Tensor, Tensor]:
+        """The frozen CLIP's view of each query's region (needs ``region_classifier``).
+
+        Args:
+            image: (3, H, W) the unnormalised input image.
+            masks: (Q, H_pad, W_pad) mask logits at the padded input size (see :meth:`upsample_masks`).
+            image_size: (H, W) of the image inside the padding.
+        Returns:
+            logits: (Q, K) ``logit_scale · cos(crop, text)`` against the vocabulary (0 where not ``valid``).
+            valid: (Q,) bool, False for masks with no pixel above the threshold (CLIP did not see them).
+        """
+        h, w = image_size
+        return self.region_classifier(self.clip_model, image.to(self.device), masks[:, :h, :w], self.text_embeddings)
