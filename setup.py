@@ -18,7 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["zegseg", "zegseg.*"]),
-    package_data={"zegseg": ["**/*.json", "**/*.txt", "**/*.pth", "**/*.yaml"]},
+    package_data={"zegseg": ["**/*.json", "**/*.txt", "**/*.pt", "**/*.md"]},
     include_package_data=True,
     install_requires=[
         # detectron2 is installed by tools/install.sh (no official PyPI release); its requirements follow.
