@@ -14,20 +14,11 @@ from PIL import Image
 
 from zegseg.utils.image_io import ImageReadError, read_image
 
+from .helpers import TINY_INFERENCE_OPTS
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "toy" / "zegformer.yaml")
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "4",
-    "MODEL.TRANSFORMER_DECODER.DEC_LAYERS", "1",
-    "MODEL.TRANSFORMER_DECODER.HIDDEN_DIM", "32",
-    "MODEL.TRANSFORMER_DECODER.NHEADS", "2",
-    "MODEL.TRANSFORMER_DECODER.DIM_FEEDFORWARD", "64",
-    "MODEL.PIXEL_DECODER.CONVS_DIM", "32",
-    "MODEL.PIXEL_DECODER.MASK_DIM", "32",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "128",
-]
+TINY = TINY_INFERENCE_OPTS
 VOCAB = "sky; grass; tv, monitor"
 
 

@@ -8,6 +8,8 @@ import zegseg  # noqa: F401
 from zegseg.engine.setup_config import load_config
 from zegseg.modeling.meta_arch.pixel_level import SpatialRegularizationBlock, build_spatial_blocks
 
+from .helpers import train_steps
+
 TINY = [
     "MODEL.DEVICE", "cpu",
     "MODEL.PIXEL_DECODER.CONVS_DIM", "32",
@@ -159,12 +161,5 @@ def test_checkpoint_excludes_clip_and_round_trips(tiny_clip_path):
 def test_twenty_iterations_lower_the_loss(tiny_clip_path):
     model = tiny_model(tiny_clip_path).train()
     batch = synthetic_batch(len(model.train_class_names), n=2, seed=1)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    totals = []
-    for _ in range(20):
-        loss = model(batch)["loss_sem_seg"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        totals.append(loss.item())
+    totals = train_steps(model, batch)
     assert sum(totals[-3:]) / 3 < 0.7 * sum(totals[:3]) / 3

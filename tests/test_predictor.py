@@ -9,18 +9,9 @@ import zegseg
 from zegseg.engine.setup_config import load_config
 from zegseg.predictor import SegmentationResult, upsample_argmax
 
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "4",
-    "MODEL.TRANSFORMER_DECODER.DEC_LAYERS", "1",
-    "MODEL.TRANSFORMER_DECODER.HIDDEN_DIM", "32",
-    "MODEL.TRANSFORMER_DECODER.NHEADS", "2",
-    "MODEL.TRANSFORMER_DECODER.DIM_FEEDFORWARD", "64",
-    "MODEL.PIXEL_DECODER.CONVS_DIM", "32",
-    "MODEL.PIXEL_DECODER.MASK_DIM", "32",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "128",
-]
+from .helpers import TINY_INFERENCE_OPTS
+
+TINY = TINY_INFERENCE_OPTS
 
 
 @pytest.fixture

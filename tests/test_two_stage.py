@@ -15,6 +15,7 @@ from zegseg.modeling.clip.prompts import get_templates
 from zegseg.modeling.clip.text_encoder import TextEmbedder
 from zegseg.modeling.mlp import MLP
 
+from .helpers import train_steps
 from .test_zegformer import TINY, synthetic_batch
 
 
@@ -150,14 +151,7 @@ def test_losses_and_twenty_iterations_lower_them(tiny_clip_path):
     batch = synthetic_batch(len(model.train_class_names), n=2, seed=1)
     losses = model(batch)
     assert {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0"} <= set(losses)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    totals = []
-    for _ in range(20):
-        loss = sum(model(batch).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        totals.append(float(loss))
+    totals = train_steps(model, batch)
     assert all(p.grad is None for p in model.clip_model.parameters())
     assert sum(totals[-3:]) / 3 < 0.7 * sum(totals[:3]) / 3
 

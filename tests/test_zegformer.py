@@ -8,6 +8,8 @@ from torch.nn import functional as F
 import zegseg  # noqa: F401
 from zegseg.engine.setup_config import load_config
 
+from .helpers import train_steps
+
 TINY = [
     "MODEL.DEVICE", "cpu",
     "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "6",
@@ -130,12 +132,5 @@ def test_ensemble_matches_hand_computation(tiny_clip_path, mean_seen_clip):
 def test_twenty_iterations_lower_the_loss(tiny_clip_path):
     model = tiny_zegformer(tiny_clip_path).train()
     batch = synthetic_batch(len(model.train_class_names), n=2, seed=1)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    totals = []
-    for _ in range(20):
-        loss = sum(model(batch).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        totals.append(float(loss))
+    totals = train_steps(model, batch)
     assert sum(totals[-3:]) / 3 < 0.7 * sum(totals[:3]) / 3
