@@ -8,10 +8,12 @@ meta-architectures implement (ensembles with the frozen CLIP image encoder, cali
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
+from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -19,6 +21,7 @@ from ..clip.region_encoder import RegionCLIPClassifier
 from ..criterion import SetCriterion
 from ..mlp import MLP
 from ..pixel_decoder import build_pixel_decoder
+from ..query_selection import QuerySelector, build_query_selector
 from ..text_classifier import TextEmbeddingClassifier
 from ..transformer_decoder import TransformerDecoder
 from .base import OpenVocabSegmentor, open_vocab_config
@@ -43,6 +46,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         text_classifier: TextEmbeddingClassifier,
         criterion: SetCriterion,
         region_classifier: Optional[RegionCLIPClassifier] = None,
+        query_selector: Optional[QuerySelector] = None,
         amp: bool = True,
         **kwargs,
     ):
@@ -56,6 +60,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             text_classifier: segment embeddings → (.., K + 1) logits against the text embeddings.
             criterion: Hungarian-matched CE + focal + dice losses with deep supervision.
             region_classifier: the frozen-CLIP image branch used at inference (``None``: none).
+            query_selector: fast mode, which queries go to CLIP (``None``: exact mode, all of them).
             amp: autocast the segmentation network at inference on CUDA.
             kwargs: see :class:`OpenVocabSegmentor`.
         """
@@ -72,6 +77,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         self.text_classifier = text_classifier
         self.criterion = criterion
         self.region_classifier = region_classifier
+        self.query_selector = query_selector
         self.amp = amp
 
     @classmethod
@@ -101,6 +107,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             ),
             "criterion": SetCriterion(cfg),
             "region_classifier": RegionCLIPClassifier(cfg) if clip_image_branch else None,
+            "query_selector": build_query_selector(cfg) if clip_image_branch else None,
             "amp": cfg.TEST.AMP,
         }
 
@@ -135,6 +142,11 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             outputs = self.predict(images.tensor)
             targets = self.prepare_targets(batched_inputs, tuple(images.tensor.shape[-2:]))
             return self.criterion(outputs, targets)
+        return self.inference(batched_inputs, images)
+
+    @torch.inference_mode()
+    def inference(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
+        """Per image ``{"sem_seg": (K, height, width)}`` scores (network under autocast on CUDA only)."""
         amp = self.amp and self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, enabled=amp):
             outputs = self.predict(images.tensor)
@@ -166,16 +178,50 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         size = (masks.shape[-2] * stride, masks.shape[-1] * stride)
         return F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
 
-    def region_clip_logits(self, image: Tensor, masks: Tensor, image_size: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    def clip_weight_bound(self, probs: Tensor) -> Tensor:
+        """(Q, K) segment-classifier probabilities → (Q,) upper bound, over classes and over CLIP's possible
+        probabilities (<= 1), of each query's ensembled class probability. Used by fast mode."""
+        raise NotImplementedError(f"{type(self).__name__} must implement clip_weight_bound for fast mode")
+
+    def choose_clip_queries(
+        self, probs: Tensor, masks: Tensor, image_size: Sequence[int]
+    ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """Fast mode's choice of queries (see :mod:`zegseg.modeling.query_selection`); ``(None, None)`` in exact mode.
+
+        Args:
+            probs: (Q, K) segment-classifier probabilities.
+            masks: (Q, h, w) mask logits over the padded image at the mask-feature stride.
+            image_size: (H, W) of the image inside the padding.
+        Returns:
+            keep: (M,) indices of the queries that stay in the semantic map, or ``None`` (all).
+            source: (M,) for each kept query, the position in ``keep`` of the query whose crop it uses, or ``None``.
+        """
+        if self.query_selector is None:
+            return None, None
+        stride = self.pixel_decoder.mask_stride
+        h, w = (math.ceil(s / stride) for s in image_size)
+        return self.query_selector(self.clip_weight_bound(probs), masks[:, :h, :w])
+
+    def region_clip_logits(
+        self, image: Tensor, masks: Tensor, image_size: Sequence[int], source: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor]:
         """The frozen CLIP's view of each query's region (needs ``region_classifier``).
 
         Args:
             image: (3, H, W) the unnormalised input image.
             masks: (Q, H_pad, W_pad) mask logits at the padded input size (see :meth:`upsample_masks`).
             image_size: (H, W) of the image inside the padding.
+            source: (Q,) optional; query ``i`` takes the view of query ``source[i]`` and only the distinct sources
+                are cropped (fast mode's near-duplicates). ``None``: every query is cropped.
         Returns:
             logits: (Q, K) ``logit_scale · cos(crop, text)`` against the vocabulary (0 where not ``valid``).
             valid: (Q,) bool, False for masks with no pixel above the threshold (CLIP did not see them).
         """
         h, w = image_size
-        return self.region_classifier(self.clip_model, image.to(self.device), masks[:, :h, :w], self.text_embeddings)
+        masks = masks[:, :h, :w]
+        image = image.to(self.device)
+        if source is None:
+            return self.region_classifier(self.clip_model, image, masks, self.text_embeddings)
+        cropped, inverse = torch.unique(source, return_inverse=True)
+        logits, valid = self.region_classifier(self.clip_model, image, masks[cropped], self.text_embeddings)
+        return logits[inverse], valid[inverse]

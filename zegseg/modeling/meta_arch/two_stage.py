@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
@@ -94,6 +95,15 @@ class TwoStageCLIP(MaskClassificationSegmentor):
         Returns:
             (K, H_pad, W_pad) scores at the padded input resolution.
         """
+        keep, source = self.choose_clip_queries(logits.softmax(-1)[:, :-1], masks, image_size)
+        if keep is not None:
+            logits, masks = logits[keep], masks[keep]
         masks = self.upsample_masks(masks)
-        clip_logits, valid = self.region_clip_logits(image, masks, image_size)
+        clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
         return semantic_inference(self.classify_proposals(logits, clip_logits, valid), masks, cls_probs=True)
+
+    def clip_weight_bound(self, probs: Tensor) -> Tensor:
+        """(Q, K) → (Q,): the ensemble with CLIP probabilities 1 (CLIP only: 1), maximised over classes."""
+        if self.clip_only:
+            return probs.new_ones(probs.shape[0])
+        return ensemble_probs(probs, torch.ones_like(probs), self.test_unseen_mask, self.ensemble_weight).amax(dim=-1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
@@ -75,10 +76,13 @@ class ZegFormer(MaskClassificationSegmentor):
         Returns:
             (K, H_pad, W_pad) scores at the padded input resolution.
         """
-        masks = self.upsample_masks(masks)
         probs = logits.softmax(-1)[:, :-1]  # (Q, K)
         if self.region_classifier is not None:
-            clip_logits, valid = self.region_clip_logits(image, masks, image_size)
+            keep, source = self.choose_clip_queries(probs, masks, image_size)
+            if keep is not None:
+                probs, masks = probs[keep], masks[keep]
+            masks = self.upsample_masks(masks)
+            clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
             probs = ensemble_probs(
                 probs,
                 clip_logits.softmax(-1),
@@ -88,5 +92,14 @@ class ZegFormer(MaskClassificationSegmentor):
                 mean_seen_clip=self.mean_seen_clip,
                 clip_valid=valid,
             )
+        else:
+            masks = self.upsample_masks(masks)
         scores = semantic_inference(probs, masks, cls_probs=True)
         return calibrate(scores, ~self.test_unseen_mask, self.calibration_gamma)
+
+    def clip_weight_bound(self, probs: Tensor) -> Tensor:
+        """(Q, K) → (Q,): the ensemble with CLIP probabilities 1, maximised over classes (see the base class)."""
+        ones = torch.ones_like(probs)
+        return ensemble_probs(
+            probs, ones, self.test_unseen_mask, self.ensemble_lambda, mode=self.ensemble_mode
+        ).amax(dim=-1)

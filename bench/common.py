@@ -1,0 +1,110 @@
+"""Shared by the benchmark scripts: random-weight CLIP checkpoints, timers, peak memory, Markdown output.
+
+Benchmarks report ratios measured within one run (machines are noisy) and never download anything: a CLIP of
+an OpenAI architecture is built with random weights and saved to a temporary file that the model loads by path.
+"""
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Callable, List, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+__all__ = [
+    "CLIP_ARCHS",
+    "ROOT",
+    "describe_machine",
+    "markdown_table",
+    "peak_memory_gib",
+    "random_clip_checkpoint",
+    "reset_peak_memory",
+    "set_threads",
+    "synchronize",
+    "time_call",
+]
+
+# OpenAI CLIP architectures: embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+# context_length, vocab_size, transformer_width, transformer_heads, transformer_layers.
+CLIP_ARCHS = {
+    "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
+    "ViT-B/32": (512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
+    "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
+}
+
+
+def random_clip_checkpoint(arch: str, folder: Path) -> Path:
+    """Save a CLIP of OpenAI architecture ``arch`` with random (seeded) weights under ``folder``; return the path."""
+    import clip.model
+
+    if arch not in CLIP_ARCHS:
+        raise SystemExit(f"unknown CLIP architecture {arch!r}; known: {', '.join(CLIP_ARCHS)}")
+    torch.manual_seed(0)
+    path = Path(folder) / f"random_{arch.replace('/', '-')}.pt"
+    torch.save(clip.model.CLIP(*CLIP_ARCHS[arch]).state_dict(), path)
+    return path
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads in torch (0 keeps torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued CUDA work (a no-op on CPU) so that wall-clock timers are honest."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object], *, repeat: int = 1, warmup: int = 1, device: str = "cpu") -> float:
+    """Mean wall-clock seconds of ``fn()`` over ``repeat`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / max(repeat, 1)
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak-memory window (CUDA only; on CPU the process's peak RSS cannot be reset)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib(device: torch.device | str) -> float:
+    """Peak CUDA memory allocated since :func:`reset_peak_memory`, or the process's peak RSS on CPU, in GiB."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def describe_machine(device: torch.device | str = "cpu") -> str:
+    """One line: date, CPU/GPU, threads, torch version."""
+    if torch.device(device).type == "cuda":
+        hw = torch.cuda.get_device_name()
+    else:
+        hw = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{date.today().isoformat()} | {hw} | torch {torch.__version__} | python {platform.python_version()}"
+
+
+def markdown_table(header: Sequence[str], rows: List[Sequence[object]]) -> str:
+    """A GitHub Markdown table; floats are printed with 3 significant digits."""
+
+    def fmt(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
