@@ -5,13 +5,14 @@ an OpenAI architecture is built with random weights and saved to a temporary fil
 """
 from __future__ import annotations
 
+import multiprocessing
 import platform
 import resource
 import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -21,6 +22,9 @@ if str(ROOT) not in sys.path:
 
 __all__ = [
     "CLIP_ARCHS",
+    "ClipProbe",
+    "parse_variants",
+    "run_isolated",
     "ROOT",
     "describe_machine",
     "markdown_table",
@@ -108,3 +112,71 @@ def markdown_table(header: Sequence[str], rows: List[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def parse_variants(raw: Sequence[Sequence[str]] | None, first: str = "default") -> List[Tuple[str, List[str]]]:
+    """``--variant NAME KEY VALUE ...`` arguments → [(name, [KEY, VALUE, ...])], preceded by ``(first, [])``."""
+    variants = [(first, [])]
+    for item in raw or []:
+        name, opts = item[0], list(item[1:])
+        if len(opts) % 2:
+            raise SystemExit(f"--variant {name}: KEY VALUE pairs expected, got {opts}")
+        variants.append((name, opts))
+    return variants
+
+
+def _child(queue, fn, args) -> None:
+    try:
+        queue.put(("ok", fn(*args)))
+    except BaseException as e:  # report any failure to the parent instead of hanging it
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def run_isolated(fn: Callable[..., Dict], *args) -> Dict:
+    """Run ``fn(*args)`` in a fresh process and return its (picklable) result, so that the CPU peak RSS that
+    :func:`peak_memory_gib` reports belongs to this measurement alone. ``fn`` must be a module-level function."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    status, result = queue.get()
+    proc.join()
+    if status != "ok":
+        raise SystemExit(f"benchmark child failed: {result}")
+    return result
+
+
+class ClipProbe:
+    """Seconds and crops spent in a model's CLIP image branch and seconds in its segmentation network.
+
+    Wraps ``model.region_classifier.encode`` (one call per image: all of its crops) and ``model.predict``
+    (backbone, pixel decoder, transformer decoder) of a :class:`~zegseg.modeling.meta_arch.MaskClassificationSegmentor`.
+    """
+
+    def __init__(self, model) -> None:
+        self.clip_seconds = 0.0
+        self.network_seconds = 0.0
+        self.crops = 0
+        self.images = 0
+        self.device = model.device
+        if getattr(model, "region_classifier", None) is not None:
+            model.region_classifier.encode = self._timed(model.region_classifier.encode, "clip_seconds", count=True)
+        model.predict = self._timed(model.predict, "network_seconds")
+
+    def _timed(self, fn: Callable, field: str, count: bool = False) -> Callable:
+        def wrapper(*args, **kwargs):
+            synchronize(self.device)
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            synchronize(self.device)
+            setattr(self, field, getattr(self, field) + time.perf_counter() - start)
+            if count:
+                self.crops += int(out[1].sum())
+                self.images += 1
+            return out
+
+        return wrapper
+
+    def reset(self) -> None:
+        self.clip_seconds = self.network_seconds = 0.0
+        self.crops = self.images = 0
