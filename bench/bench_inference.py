@@ -74,6 +74,7 @@ def clip_floor(model, crops: int, repeat: int = 1) -> float:
 def measure(config_file: str, opts: List[str], weights: str, images: int, size: int, warmup: int, threads: int,
             floor_crops: int) -> Dict[str, float]:
     set_threads(threads)
+    torch.manual_seed(0)  # every variant gets the same random weights (each runs in a fresh process)
     model = build(config_file, opts, weights)
     device = model.device
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("clip_model."))

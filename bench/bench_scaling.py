@@ -120,6 +120,7 @@ def main(argv=None) -> int:
                                   "True"]
         if args.clip_arch:
             opts += ["MODEL.CLIP.NAME", str(random_clip_checkpoint(args.clip_arch, Path(tmp)))]
+        torch.manual_seed(0)
         model = build(args.config_file, opts, "")
         mask_rows = bench_masks(model, args.masks, args.size, args.repeat) if args.masks else []
         vocab_rows = bench_vocabulary(model, args.vocabularies, args.size, args.images) if args.vocabularies else []
