@@ -27,7 +27,7 @@ run inference_zegformer_ref python bench/bench_inference.py --config-file $ZF_RE
 run inference_two_stage_ref python bench/bench_inference.py --config-file $TS_REF --clip-arch ViT-B/16 --size 640 \
   --images 2 --clip-floor 100 --variant fast_cap25 $FAST.ENABLED True $FAST.MAX_QUERIES 25
 run scaling_ref python bench/bench_scaling.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
-  --masks 10 25 50 100 --vocabularies 20 171 847
+  --masks 10 25 50 100 --vocabularies 20 171 847 --images 3
 run text_coco python bench/bench_text.py --vocabularies coco_stuff_171 --templates selected8 --clip-arch ViT-B/16
 run text_ade_full python bench/bench_text.py --vocabularies ade20k_full_847 --templates single --clip-arch ViT-B/16
 for arch in zegformer two_stage; do

@@ -446,5 +446,8 @@ def test_calibrate_seen_classes():
     per_query = calibrate(torch.zeros(4, 3), seen, 0.5, dim=-1)
     torch.testing.assert_close(per_query, torch.tensor([-0.5, 0.0, -0.5]).expand(4, 3))
     assert calibrate(scores, seen, 0.0) is scores
+    assert torch.equal(scores, torch.ones(3, 2, 2))  # not in place by default
+    assert calibrate(scores, seen, 0.1, inplace=True) is scores
+    torch.testing.assert_close(scores, out)
     with pytest.raises(ValueError, match="seen has shape"):
         calibrate(scores, torch.tensor([True]), 0.1)

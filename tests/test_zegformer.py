@@ -103,8 +103,11 @@ def test_checkpoint_excludes_clip_and_round_trips(tiny_clip_path):
     assert all(torch.equal(a, b) for a, b in zip(state.values(), other.state_dict().values()))
 
 
-@pytest.mark.parametrize("mean_seen_clip", [False, True])
-def test_ensemble_matches_hand_computation(tiny_clip_path, mean_seen_clip):
+@pytest.mark.parametrize(
+    "mean_seen_clip, image_size, output_size",
+    [(False, (64, 64), None), (True, (64, 64), None), (False, (56, 60), (90, 100))],
+)
+def test_ensemble_matches_hand_computation(tiny_clip_path, mean_seen_clip, image_size, output_size):
     model = tiny_zegformer(tiny_clip_path, "MODEL.ZEGFORMER.CALIBRATION_GAMMA", "0.1").eval()
     model.mean_seen_clip = mean_seen_clip
     model.set_vocabulary(["sky", "grass", "red star"], unseen_classes=["red star"])
@@ -115,7 +118,7 @@ def test_ensemble_matches_hand_computation(tiny_clip_path, mean_seen_clip):
     valid = torch.tensor([True, True, False, True, True, True])
     model.region_classifier.forward = lambda clip_model, image, m, text: (clip_logits, valid)
 
-    got = model.segment_image(torch.zeros(3, 64, 64), logits, masks, (64, 64))
+    got = model.segment_image(torch.zeros(3, *image_size), logits, masks, image_size, output_size)
 
     p = logits.softmax(-1)[:, :3]
     pc = clip_logits.softmax(-1)
@@ -124,8 +127,13 @@ def test_ensemble_matches_hand_computation(tiny_clip_path, mean_seen_clip):
     pc[~valid] = 1.0
     seen = torch.tensor([True, True, False])
     expected_p = torch.where(seen, p**lam * pc ** (1 - lam), p ** (1 - lam) * pc**lam)
-    up = F.interpolate(masks[None], size=(64, 64), mode="bilinear", align_corners=False)[0].sigmoid()
-    expected = torch.einsum("qk,qhw->khw", expected_p, up) - 0.1 * seen.float()[:, None, None]
+    # MaskFormer's order: logits upsampled to the padded input, cropped, resized to the output, then sigmoid
+    up = F.interpolate(masks[None], size=(64, 64), mode="bilinear", align_corners=False)
+    up = up[..., : image_size[0], : image_size[1]]
+    if output_size is not None:
+        up = F.interpolate(up, size=output_size, mode="bilinear", align_corners=False)
+    expected = torch.einsum("qk,qhw->khw", expected_p, up[0].sigmoid()) - 0.1 * seen.float()[:, None, None]
+    assert got.shape == (3, *(output_size or image_size))
     torch.testing.assert_close(got, expected)
 
 

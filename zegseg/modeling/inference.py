@@ -116,7 +116,7 @@ def ensemble_logits(
     return ensemble_probs(p_seg, p_clip, unseen, lam, mode=mode, mean_seen_clip=mean_seen_clip, clip_valid=clip_valid)
 
 
-def calibrate(scores: Tensor, seen: Tensor, gamma: float, *, dim: int = 0) -> Tensor:
+def calibrate(scores: Tensor, seen: Tensor, gamma: float, *, dim: int = 0, inplace: bool = False) -> Tensor:
     """Subtract γ from the scores of seen classes (generalised zero-shot calibration).
 
     Args:
@@ -124,8 +124,9 @@ def calibrate(scores: Tensor, seen: Tensor, gamma: float, *, dim: int = 0) -> Te
             (``dim=0``, ZegFormer's use) or (Q, K) class probabilities (``dim=-1``).
         seen: (K,) bool, True for seen classes.
         gamma: γ; 0 returns ``scores`` unchanged.
+        inplace: subtract in ``scores`` itself (no second (K, H, W) buffer) and return it.
     Returns:
-        a new tensor shaped like ``scores`` (or ``scores`` itself when γ is 0).
+        a tensor shaped like ``scores`` (``scores`` itself when γ is 0 or ``inplace``).
     """
     if gamma == 0:
         return scores
@@ -133,4 +134,5 @@ def calibrate(scores: Tensor, seen: Tensor, gamma: float, *, dim: int = 0) -> Te
         raise ValueError(f"seen has shape {tuple(seen.shape)}, expected ({scores.shape[dim]},) for dim {dim}")
     shape = [1] * scores.ndim
     shape[dim] = -1
-    return scores - gamma * seen.to(device=scores.device, dtype=scores.dtype).view(shape)
+    shift = gamma * seen.to(device=scores.device, dtype=scores.dtype).view(shape)
+    return scores.sub_(shift) if inplace else scores - shift

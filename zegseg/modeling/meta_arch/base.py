@@ -203,7 +203,8 @@ class OpenVocabSegmentor(nn.Module):
 
     @staticmethod
     def resize_to_output(scores: Tensor, image_size: Tuple[int, int], height: int, width: int) -> Tensor:
-        """Crop padded (C, H', W') scores to the network input size, then resize to the original (C, H, W)."""
+        """Crop padded (C, H', W') maps (scores or mask logits) to the network input size, then resize them to
+        the original (C, H, W)."""
         scores = scores[:, : image_size[0], : image_size[1]]
         if tuple(scores.shape[-2:]) == (height, width):
             return scores

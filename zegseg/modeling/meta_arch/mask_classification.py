@@ -3,8 +3,10 @@
 backbone → pixel decoder → DETR-style transformer decoder → per query (a) a mask embedding, dotted with the
 per-pixel mask features into a class-agnostic mask, and (b) a segment embedding, classified by cosine similarity
 against the CLIP text embeddings of the vocabulary plus a learnable "no object" embedding. Training uses the
-Hungarian-matched set criterion; inference hands each image's queries to :meth:`segment_image`, which the
-meta-architectures implement (ensembles with the frozen CLIP image encoder, calibration).
+Hungarian-matched set criterion. At inference the meta-architectures give each query a class distribution
+(:meth:`classify_segments`: ensembles with the frozen CLIP image encoder); :meth:`segment_image` then resizes the
+Q mask logits to the output size *before* assembling the K-class map, as MaskFormer does, so that the per-image
+cost of the assembly grows with K only through one (K, H, W) product.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch.nn import functional as F
 
 from ..clip.region_encoder import RegionCLIPClassifier
 from ..criterion import SetCriterion
+from ..inference import semantic_inference
 from ..mlp import MLP
 from ..pixel_decoder import build_pixel_decoder
 from ..query_selection import QuerySelector, build_query_selector
@@ -33,7 +36,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
     """N queries → N (mask, class distribution) pairs; subclasses turn them into per-pixel scores.
 
     Not registered: :class:`~zegseg.modeling.meta_arch.zegformer.ZegFormer` and
-    :class:`~zegseg.modeling.meta_arch.two_stage.TwoStageCLIP` are. Subclasses implement :meth:`segment_image`.
+    :class:`~zegseg.modeling.meta_arch.two_stage.TwoStageCLIP` are. Subclasses implement
+    :meth:`classify_segments` (and may override :meth:`calibrate_scores`).
     """
 
     def __init__(
@@ -154,13 +158,47 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         for i, x in enumerate(batched_inputs):
             height, width = x.get("height", images.image_sizes[i][0]), x.get("width", images.image_sizes[i][1])
             sem_seg = self.segment_image(
-                x["image"], outputs["pred_logits"][i].float(), outputs["pred_masks"][i].float(), images.image_sizes[i]
+                x["image"],
+                outputs["pred_logits"][i].float(),
+                outputs["pred_masks"][i].float(),
+                images.image_sizes[i],
+                (height, width),
             )
-            results.append({"sem_seg": self.resize_to_output(sem_seg, images.image_sizes[i], height, width)})
+            results.append({"sem_seg": sem_seg})
         return results
 
-    def segment_image(self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]) -> Tensor:
-        """Per-pixel class scores of one image.
+    def segment_image(
+        self,
+        image: Tensor,
+        logits: Tensor,
+        masks: Tensor,
+        image_size: Sequence[int],
+        output_size: Optional[Sequence[int]] = None,
+    ) -> Tensor:
+        """Per-pixel class scores of one image: ``scores[c] = sum_q p(c | q) · sigmoid(mask_q)``.
+
+        The mask logits are upsampled to the padded input, cropped to ``image_size`` and resized to
+        ``output_size`` (MaskFormer's order: logits are resized, then passed through the sigmoid), so only Q
+        channels are ever resized and the K-class map is built once, at the output size.
+
+        Args:
+            image: (3, H, W) the unnormalised input image (for CLIP crops).
+            logits: (Q, K + 1) segment-classification logits.
+            masks: (Q, h, w) mask logits over the padded image at the mask-feature stride.
+            image_size: (H, W) of the image inside the padding.
+            output_size: (height, width) of the returned map; default ``image_size``.
+        Returns:
+            (K, height, width) scores.
+        """
+        probs, masks = self.classify_segments(image, logits, masks, image_size)
+        height, width = output_size if output_size is not None else image_size
+        masks = self.resize_to_output(masks, image_size, height, width)
+        return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
+
+    def classify_segments(
+        self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]
+    ) -> Tuple[Tensor, Tensor]:
+        """The class distribution of each query that takes part in the semantic map.
 
         Args:
             image: (3, H, W) the unnormalised input image (for CLIP crops).
@@ -168,9 +206,14 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             masks: (Q, h, w) mask logits over the padded image at the mask-feature stride.
             image_size: (H, W) of the image inside the padding.
         Returns:
-            (K, H_pad, W_pad) scores at the padded input resolution.
+            probs: (M, K) class probabilities of the M queries kept (M = Q except in fast mode).
+            masks: (M, H_pad, W_pad) their mask logits at the padded input size (see :meth:`upsample_masks`).
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement segment_image")
+        raise NotImplementedError(f"{type(self).__name__} must implement classify_segments")
+
+    def calibrate_scores(self, scores: Tensor) -> Tensor:
+        """(K, H, W) semantic scores → the scores the model outputs (identity here; ZegFormer calibrates)."""
+        return scores
 
     def upsample_masks(self, masks: Tensor) -> Tensor:
         """(Q, h, w) mask logits at the mask-feature stride → (Q, H_pad, W_pad) logits at the padded input size."""

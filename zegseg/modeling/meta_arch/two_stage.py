@@ -2,14 +2,14 @@
 Vision-language Model" (Xu et al., ECCV 2022)."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
-from ..inference import ensemble_probs, semantic_inference
+from ..inference import ensemble_probs
 from .mask_classification import MaskClassificationSegmentor
 
 __all__ = ["TwoStageCLIP"]
@@ -84,23 +84,17 @@ class TwoStageCLIP(MaskClassificationSegmentor):
         p_mf = logits.softmax(-1)[:, :-1]
         return ensemble_probs(p_mf, p_clip, self.test_unseen_mask, self.ensemble_weight, clip_valid=valid)
 
-    def segment_image(self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]) -> Tensor:
-        """Per-pixel class scores of one image.
-
-        Args:
-            image: (3, H, W) the unnormalised input image (for CLIP crops).
-            logits: (Q, K + 1) proposal-classification logits.
-            masks: (Q, h, w) mask logits over the padded image at the mask-feature stride.
-            image_size: (H, W) of the image inside the padding.
-        Returns:
-            (K, H_pad, W_pad) scores at the padded input resolution.
-        """
+    def classify_segments(
+        self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]
+    ) -> Tuple[Tensor, Tensor]:
+        """Each proposal's crop classified by CLIP, ensembled with the proposal classifier. Shapes as in
+        :meth:`MaskClassificationSegmentor.classify_segments`: (M, K), (M, H_pad, W_pad)."""
         keep, source = self.choose_clip_queries(logits.softmax(-1)[:, :-1], masks, image_size)
         if keep is not None:
             logits, masks = logits[keep], masks[keep]
         masks = self.upsample_masks(masks)
         clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
-        return semantic_inference(self.classify_proposals(logits, clip_logits, valid), masks, cls_probs=True)
+        return self.classify_proposals(logits, clip_logits, valid), masks
 
     def clip_weight_bound(self, probs: Tensor) -> Tensor:
         """(Q, K) → (Q,): the ensemble with CLIP probabilities 1 (CLIP only: 1), maximised over classes."""

@@ -1,14 +1,14 @@
 """ZegFormer: decoupled zero-shot semantic segmentation (Ding et al., CVPR 2022)."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
-from ..inference import calibrate, ensemble_probs, semantic_inference
+from ..inference import calibrate, ensemble_probs
 from .mask_classification import MaskClassificationSegmentor
 
 __all__ = ["ZegFormer"]
@@ -65,37 +65,35 @@ class ZegFormer(MaskClassificationSegmentor):
             "calibration_gamma": zf.CALIBRATION_GAMMA,
         }
 
-    def segment_image(self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]) -> Tensor:
-        """Per-pixel class scores of one image.
-
-        Args:
-            image: (3, H, W) the unnormalised input image (for CLIP crops).
-            logits: (Q, K + 1) segment-classification logits.
-            masks: (Q, h, w) mask logits over the padded image at the mask-feature stride.
-            image_size: (H, W) of the image inside the padding.
-        Returns:
-            (K, H_pad, W_pad) scores at the padded input resolution.
+    def classify_segments(
+        self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]
+    ) -> Tuple[Tensor, Tensor]:
+        """Segment-classifier probabilities, ensembled with CLIP's view of each segment's crop when the image
+        branch is on. Shapes as in :meth:`MaskClassificationSegmentor.classify_segments`: (M, K), (M, H_pad, W_pad).
         """
         probs = logits.softmax(-1)[:, :-1]  # (Q, K)
-        if self.region_classifier is not None:
-            keep, source = self.choose_clip_queries(probs, masks, image_size)
-            if keep is not None:
-                probs, masks = probs[keep], masks[keep]
-            masks = self.upsample_masks(masks)
-            clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
-            probs = ensemble_probs(
-                probs,
-                clip_logits.softmax(-1),
-                self.test_unseen_mask,
-                self.ensemble_lambda,
-                mode=self.ensemble_mode,
-                mean_seen_clip=self.mean_seen_clip,
-                clip_valid=valid,
-            )
-        else:
-            masks = self.upsample_masks(masks)
-        scores = semantic_inference(probs, masks, cls_probs=True)
-        return calibrate(scores, ~self.test_unseen_mask, self.calibration_gamma)
+        if self.region_classifier is None:
+            return probs, self.upsample_masks(masks)
+        keep, source = self.choose_clip_queries(probs, masks, image_size)
+        if keep is not None:
+            probs, masks = probs[keep], masks[keep]
+        masks = self.upsample_masks(masks)
+        clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
+        probs = ensemble_probs(
+            probs,
+            clip_logits.softmax(-1),
+            self.test_unseen_mask,
+            self.ensemble_lambda,
+            mode=self.ensemble_mode,
+            mean_seen_clip=self.mean_seen_clip,
+            clip_valid=valid,
+        )
+        return probs, masks
+
+    def calibrate_scores(self, scores: Tensor) -> Tensor:
+        """(K, H, W) → (K, H, W): γ subtracted from the seen classes' scores (in place: ``scores`` is the fresh map
+        of :meth:`segment_image`)."""
+        return calibrate(scores, ~self.test_unseen_mask, self.calibration_gamma, inplace=True)
 
     def clip_weight_bound(self, probs: Tensor) -> Tensor:
         """(Q, K) → (Q,): the ensemble with CLIP probabilities 1, maximised over classes (see the base class)."""
