@@ -46,6 +46,9 @@ class Recorder:
         self.calls.append((bound, masks, keep, source))
         return keep, source
 
+    def __getattr__(self, name):  # the selector's options (certify, ...)
+        return getattr(self.selector, name)
+
 
 # ------------------------------------------------------------------------------------------------ the selector
 def square_masks(boxes, size=20):
@@ -162,3 +165,57 @@ def test_fast_mode_key_builds_the_selector_and_is_absent_without_clip_branch(tin
     assert no_branch.query_selector is None
     out = outputs(fast, images(n=1))[0]
     assert out.shape == (35, 64, 96) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------------ certification
+CERTIFY = ["MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.CERTIFY", "True",
+           "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "100.0"]  # the selector keeps only the top query to start
+
+
+def counting_crops(model):
+    """Patch ``model``'s CLIP image encoder to count the crops it encodes; returns the running list."""
+    crops, encode = [], model.clip_model.encode_image
+    model.clip_model.encode_image = lambda x: crops.append(len(x)) or encode(x)
+    return crops
+
+
+@pytest.mark.parametrize("config", ["configs/toy/zegformer.yaml", "configs/toy/two_stage.yaml"])
+def test_certified_fast_mode_gives_exact_modes_classes_everywhere(config, tiny_clip_path):
+    exact = tiny_model(config, tiny_clip_path, queries=16)
+    fast = tiny_model(config, tiny_clip_path, *CERTIFY, queries=16)
+    fast.load_state_dict(exact.state_dict())
+    assert fast.query_selector.certify and fast.query_selector.uncertain_fraction == 0
+    crops = counting_crops(fast)
+    batch = images(n=3)
+    for a, b in zip(outputs(exact, batch), outputs(fast, batch)):
+        assert torch.equal(a.argmax(0), b.argmax(0))
+    assert len(crops) > len(batch)  # starting from one query, certification had to add queries in rounds
+
+
+def test_certification_that_sends_every_query_is_exact_mode(tiny_clip_path, monkeypatch):
+    exact = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, queries=8)
+    fast = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, *CERTIFY, queries=8)
+    fast.load_state_dict(exact.state_dict())
+    # start from one query; a bound this loose never certifies a pixel, so queries are added until all are sent
+    monkeypatch.setattr(fast, "choose_clip_queries", lambda probs, masks, image_size: (torch.tensor([0]), None))
+    monkeypatch.setattr(fast, "class_prob_bound", lambda probs: torch.full_like(probs, 1e6))
+    crops = counting_crops(fast)
+    (a,), (b,) = outputs(exact, images(n=1)), outputs(fast, images(n=1))
+    torch.testing.assert_close(a, b)
+    assert crops[0] == 1 and sum(crops) == 8 and len(crops) > 2  # rounds, each query cropped once
+
+
+def test_uncertain_fraction_bounds_the_pixels_that_differ(tiny_clip_path):
+    exact = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, queries=16)
+    fast = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, *CERTIFY,
+                      "MODEL.CLIP.FAST_MODE.UNCERTAIN_FRACTION", "0.3", queries=16)
+    fast.load_state_dict(exact.state_dict())
+    for a, b in zip(outputs(exact, images(n=3)), outputs(fast, images(n=3))):
+        assert (a.argmax(0) != b.argmax(0)).float().mean() <= 0.3
+
+
+@pytest.mark.parametrize("kwargs", [{"certify": True, "duplicate_iou": 0.9}, {"uncertain_fraction": 1.0},
+                                    {"uncertain_fraction": -0.1}])
+def test_bad_certification_options_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        QuerySelector(**kwargs)

@@ -37,7 +37,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
 
     Not registered: :class:`~zegseg.modeling.meta_arch.zegformer.ZegFormer` and
     :class:`~zegseg.modeling.meta_arch.two_stage.TwoStageCLIP` are. Subclasses implement
-    :meth:`classify_segments` (and may override :meth:`calibrate_scores`).
+    :meth:`combine_with_clip` and :meth:`class_prob_bound` (and may override :meth:`calibrate_scores`).
     """
 
     def __init__(
@@ -190,15 +190,19 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         Returns:
             (K, height, width) scores.
         """
-        probs, masks = self.classify_segments(image, logits, masks, image_size)
         height, width = output_size if output_size is not None else image_size
+        if self.region_classifier is not None and self.query_selector is not None and self.query_selector.certify:
+            return self.certified_map(image, logits, masks, image_size, (height, width))
+        probs, masks = self.classify_segments(image, logits, masks, image_size)
         masks = self.resize_to_output(masks, image_size, height, width)
         return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
 
     def classify_segments(
         self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]
     ) -> Tuple[Tensor, Tensor]:
-        """The class distribution of each query that takes part in the semantic map.
+        """The class distribution of each query that takes part in the semantic map: the segment classifier's,
+        combined with CLIP's view of the query's crop (:meth:`combine_with_clip`) when the model has a CLIP
+        image branch.
 
         Args:
             image: (3, H, W) the unnormalised input image (for CLIP crops).
@@ -209,7 +213,78 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             probs: (M, K) class probabilities of the M queries kept (M = Q except in fast mode).
             masks: (M, H_pad, W_pad) their mask logits at the padded input size (see :meth:`upsample_masks`).
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement classify_segments")
+        if self.region_classifier is None:
+            return logits.softmax(-1)[:, :-1], self.upsample_masks(masks)
+        keep, source = self.choose_clip_queries(logits.softmax(-1)[:, :-1], masks, image_size)
+        if keep is not None:
+            logits, masks = logits[keep], masks[keep]
+        masks = self.upsample_masks(masks)
+        clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
+        return self.combine_with_clip(logits, clip_logits, valid), masks
+
+    def certified_map(
+        self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int], output_size: Sequence[int]
+    ) -> Tensor:
+        """Certified fast mode: the semantic map of as few CLIP crops as it takes for every pixel's class (all
+        but a fraction ``query_selector.uncertain_fraction`` of the pixels) to be provably that of exact mode.
+
+        A query not sent to CLIP would add at most ``class_prob_bound[q, c] · sigmoid(mask_q)`` to class ``c``'s
+        score. With ``A`` the (calibrated) scores of the queries sent and ``R`` the sum of those bounds over the
+        others, a pixel whose best class ``c*`` under ``A`` has ``A[c*] > max_{c != c*} (A[c] + R[c])`` has class
+        ``c*`` in exact mode too. Starting from the selector's queries, the unsent queries that weigh most on the
+        uncertain pixels are added (half as many again as are sent, at least one) until that holds; at worst
+        every query is sent, and the map is exact mode's.
+
+        Args:
+            image, logits, masks, image_size: as for :meth:`segment_image`.
+            output_size: (height, width) of the returned map.
+        Returns:
+            (K, height, width) scores of the queries sent (dropped ones leave the map).
+        """
+        height, width = output_size
+        probs = logits.softmax(-1)[:, :-1]
+        upper = self.class_prob_bound(probs)  # (Q, K)
+        padded = self.upsample_masks(masks)
+        soft = self.resize_to_output(padded, image_size, height, width).sigmoid()  # (Q, height, width)
+        sent = torch.zeros(len(probs), dtype=torch.bool, device=probs.device)
+        sent[self.choose_clip_queries(probs, masks, image_size)[0]] = True
+        exact = torch.zeros_like(upper)
+        known = torch.zeros_like(sent)
+        while True:
+            new = sent & ~known
+            clip_logits, valid = self.region_clip_logits(image, padded[new], image_size)
+            exact[new] = self.combine_with_clip(logits[new], clip_logits, valid)
+            known |= new
+            scores = self.calibrate_scores(torch.einsum("qc,qhw->chw", exact[known], soft[known]))
+            if known.all():
+                return scores
+            best = scores.argmax(dim=0, keepdim=True)  # (1, height, width)
+            rivals = torch.einsum("qc,qhw->chw", upper[~known], soft[~known]).add_(scores)
+            rivals.scatter_(0, best, float("-inf"))
+            uncertain = scores.gather(0, best)[0] <= rivals.amax(dim=0)  # (height, width)
+            if uncertain.float().mean() <= self.query_selector.uncertain_fraction:
+                return scores
+            unsent = (~known).nonzero().squeeze(1)
+            weight = upper[unsent].amax(dim=1) * (soft[unsent] * uncertain).flatten(1).sum(dim=1)
+            more = weight.topk(min(len(unsent), max(1, int(known.sum()) // 2))).indices
+            sent[unsent[more]] = True
+
+    def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
+        """The inference class distribution of queries whose crops CLIP has seen.
+
+        Args:
+            logits: (M, K + 1) segment-classification logits, last column "no object".
+            clip_logits: (M, K) CLIP logits of the queries' crops.
+            valid: (M,) bool, False for empty masks (CLIP did not see them; their ``clip_logits`` are meaningless).
+        Returns:
+            (M, K) class scores per query, for :func:`semantic_inference`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement combine_with_clip")
+
+    def class_prob_bound(self, probs: Tensor) -> Tensor:
+        """(Q, K) segment-classifier probabilities → (Q, K) upper bound of :meth:`combine_with_clip` over every
+        possible CLIP output (CLIP's probabilities are at most 1). Used by fast mode."""
+        raise NotImplementedError(f"{type(self).__name__} must implement class_prob_bound for fast mode")
 
     def calibrate_scores(self, scores: Tensor) -> Tensor:
         """(K, H, W) semantic scores → the scores the model outputs (identity here; ZegFormer calibrates)."""
@@ -223,8 +298,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
 
     def clip_weight_bound(self, probs: Tensor) -> Tensor:
         """(Q, K) segment-classifier probabilities → (Q,) upper bound, over classes and over CLIP's possible
-        probabilities (<= 1), of each query's ensembled class probability. Used by fast mode."""
-        raise NotImplementedError(f"{type(self).__name__} must implement clip_weight_bound for fast mode")
+        probabilities, of each query's ensembled class probability. Used by fast mode."""
+        return self.class_prob_bound(probs).amax(dim=-1)
 
     def choose_clip_queries(
         self, probs: Tensor, masks: Tensor, image_size: Sequence[int]

@@ -2,7 +2,7 @@
 Vision-language Model" (Xu et al., ECCV 2022)."""
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -68,7 +68,7 @@ class TwoStageCLIP(MaskClassificationSegmentor):
         """Whether inference ignores the proposal classifier (``ensemble_weight <= 0``)."""
         return self.ensemble_weight <= 0
 
-    def classify_proposals(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
+    def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
         """Ensemble of the proposal classifier and CLIP.
 
         Args:
@@ -84,20 +84,8 @@ class TwoStageCLIP(MaskClassificationSegmentor):
         p_mf = logits.softmax(-1)[:, :-1]
         return ensemble_probs(p_mf, p_clip, self.test_unseen_mask, self.ensemble_weight, clip_valid=valid)
 
-    def classify_segments(
-        self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]
-    ) -> Tuple[Tensor, Tensor]:
-        """Each proposal's crop classified by CLIP, ensembled with the proposal classifier. Shapes as in
-        :meth:`MaskClassificationSegmentor.classify_segments`: (M, K), (M, H_pad, W_pad)."""
-        keep, source = self.choose_clip_queries(logits.softmax(-1)[:, :-1], masks, image_size)
-        if keep is not None:
-            logits, masks = logits[keep], masks[keep]
-        masks = self.upsample_masks(masks)
-        clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
-        return self.classify_proposals(logits, clip_logits, valid), masks
-
-    def clip_weight_bound(self, probs: Tensor) -> Tensor:
-        """(Q, K) → (Q,): the ensemble with CLIP probabilities 1 (CLIP only: 1), maximised over classes."""
+    def class_prob_bound(self, probs: Tensor) -> Tensor:
+        """(Q, K) → (Q, K): the ensemble with CLIP probabilities 1 (CLIP only: 1)."""
         if self.clip_only:
-            return probs.new_ones(probs.shape[0])
-        return ensemble_probs(probs, torch.ones_like(probs), self.test_unseen_mask, self.ensemble_weight).amax(dim=-1)
+            return torch.ones_like(probs)
+        return ensemble_probs(probs, torch.ones_like(probs), self.test_unseen_mask, self.ensemble_weight)

@@ -1,7 +1,7 @@
 """ZegFormer: decoupled zero-shot semantic segmentation (Ding et al., CVPR 2022)."""
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -65,22 +65,11 @@ class ZegFormer(MaskClassificationSegmentor):
             "calibration_gamma": zf.CALIBRATION_GAMMA,
         }
 
-    def classify_segments(
-        self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]
-    ) -> Tuple[Tensor, Tensor]:
-        """Segment-classifier probabilities, ensembled with CLIP's view of each segment's crop when the image
-        branch is on. Shapes as in :meth:`MaskClassificationSegmentor.classify_segments`: (M, K), (M, H_pad, W_pad).
-        """
-        probs = logits.softmax(-1)[:, :-1]  # (Q, K)
-        if self.region_classifier is None:
-            return probs, self.upsample_masks(masks)
-        keep, source = self.choose_clip_queries(probs, masks, image_size)
-        if keep is not None:
-            probs, masks = probs[keep], masks[keep]
-        masks = self.upsample_masks(masks)
-        clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
-        probs = ensemble_probs(
-            probs,
+    def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
+        """(M, K + 1), (M, K), (M,) → (M, K): segment-classifier and CLIP probabilities ensembled with λ (see
+        :func:`~zegseg.modeling.inference.ensemble_probs`; an empty mask's CLIP abstains)."""
+        return ensemble_probs(
+            logits.softmax(-1)[:, :-1],
             clip_logits.softmax(-1),
             self.test_unseen_mask,
             self.ensemble_lambda,
@@ -88,16 +77,13 @@ class ZegFormer(MaskClassificationSegmentor):
             mean_seen_clip=self.mean_seen_clip,
             clip_valid=valid,
         )
-        return probs, masks
 
     def calibrate_scores(self, scores: Tensor) -> Tensor:
         """(K, H, W) → (K, H, W): γ subtracted from the seen classes' scores (in place: ``scores`` is the fresh map
         of :meth:`segment_image`)."""
         return calibrate(scores, ~self.test_unseen_mask, self.calibration_gamma, inplace=True)
 
-    def clip_weight_bound(self, probs: Tensor) -> Tensor:
-        """(Q, K) → (Q,): the ensemble with CLIP probabilities 1, maximised over classes (see the base class)."""
+    def class_prob_bound(self, probs: Tensor) -> Tensor:
+        """(Q, K) → (Q, K): the ensemble with CLIP probabilities 1 (CLIP's seen-class mean is at most 1 too)."""
         ones = torch.ones_like(probs)
-        return ensemble_probs(
-            probs, ones, self.test_unseen_mask, self.ensemble_lambda, mode=self.ensemble_mode
-        ).amax(dim=-1)
+        return ensemble_probs(probs, ones, self.test_unseen_mask, self.ensemble_lambda, mode=self.ensemble_mode)
