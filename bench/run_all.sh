@@ -23,9 +23,10 @@ run() {  # run NAME COMMAND...: keep the table (stdout) in $OUT/NAME.md, progres
 }
 run inference_zegformer_ref python bench/bench_inference.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
   --images 2 --clip-floor 100 --variant no_clip_branch MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH False \
-  --variant fast $FAST.ENABLED True --variant fast_cap25 $FAST.ENABLED True $FAST.MAX_QUERIES 25
+  --variant uncertified_c0.2 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 \
+  --variant uncertified_cap25 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MAX_QUERIES 25
 run inference_two_stage_ref python bench/bench_inference.py --config-file $TS_REF --clip-arch ViT-B/16 --size 640 \
-  --images 2 --clip-floor 100 --variant fast_cap25 $FAST.ENABLED True $FAST.MAX_QUERIES 25
+  --images 2 --clip-floor 100 --variant uncertified_cap25 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MAX_QUERIES 25
 run scaling_ref python bench/bench_scaling.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
   --masks 10 25 50 100 --vocabularies 20 171 847 --images 3
 run text_coco python bench/bench_text.py --vocabularies coco_stuff_171 --templates selected8 --clip-arch ViT-B/16
@@ -38,8 +39,12 @@ for arch in zegformer two_stage; do
     --images 20 --clip-floor 32 "${w[@]}" --variant fast $FAST.ENABLED True
   if [ -f "$weights" ]; then
     run fast_mode_${arch}_toy python bench/bench_fast_mode.py --config-file configs/toy/$arch.yaml --weights "$weights" \
-      --variant area $FAST.ENABLED True $FAST.MIN_MASK_AREA 0.002 --variant dup95 $FAST.DUPLICATE_IOU 0.95 \
-      --variant cap8 $FAST.MAX_QUERIES 8
+      --variant certified_top1 $FAST.MIN_CONTRIBUTION 100.0 --variant certified_c0.4 $FAST.MIN_CONTRIBUTION 0.4 \
+      --variant certified_u0.01 $FAST.UNCERTAIN_FRACTION 0.01 \
+      --variant uncertified_c0.2 $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 \
+      --variant uncertified_c0.2_area $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 $FAST.MIN_MASK_AREA 0.002 \
+      --variant uncertified_c0.2_dup95 $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 $FAST.DUPLICATE_IOU 0.95 \
+      --variant uncertified_cap8 $FAST.CERTIFY False $FAST.MAX_QUERIES 8
   fi
 done
 for cfg in zegformer two_stage pixel_level; do

@@ -47,7 +47,8 @@ def test_inference_variants_share_weights_and_inputs():
         "--variant", "no_branch", "MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH", "False",
         "--variant", "fast_off", "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.0",
         *[arg for name in ("fast_a", "fast_b") for arg in (
-            "--variant", name, "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.4")],
+            "--variant", name, "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.CERTIFY", "False",
+            "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.4")],
     )
     (rows,) = tables(out)
     by_name = {r["variant"]: r for r in rows}

@@ -106,10 +106,11 @@ def test_bad_cutoffs_are_rejected(kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ the models
+@pytest.mark.parametrize("certify", ["True", "False"])
 @pytest.mark.parametrize("config", ["configs/toy/zegformer.yaml", "configs/toy/two_stage.yaml"])
-def test_fast_mode_with_cutoffs_disabled_is_exactly_exact_mode(config, tiny_clip_path):
+def test_fast_mode_with_cutoffs_disabled_is_exactly_exact_mode(config, certify, tiny_clip_path):
     exact = tiny_model(config, tiny_clip_path)
-    fast = tiny_model(config, tiny_clip_path, *FAST_OFF_CUTOFFS)
+    fast = tiny_model(config, tiny_clip_path, *FAST_OFF_CUTOFFS, "MODEL.CLIP.FAST_MODE.CERTIFY", certify)
     fast.load_state_dict(exact.state_dict())
     assert exact.query_selector is None and isinstance(fast.query_selector, QuerySelector)
     fast.query_selector = Recorder(fast.query_selector)
@@ -122,7 +123,8 @@ def test_fast_mode_with_cutoffs_disabled_is_exactly_exact_mode(config, tiny_clip
 @pytest.mark.parametrize("config", ["configs/toy/zegformer.yaml", "configs/toy/two_stage.yaml"])
 def test_dropped_queries_move_scores_by_at_most_their_bound(config, tiny_clip_path):
     exact = tiny_model(config, tiny_clip_path, "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.6")
-    fast = tiny_model(config, tiny_clip_path, *FAST_OFF_CUTOFFS, "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.6")
+    fast = tiny_model(config, tiny_clip_path, *FAST_OFF_CUTOFFS, "MODEL.CLIP.FAST_MODE.CERTIFY", "False",
+                      "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.6")
     fast.load_state_dict(exact.state_dict())
     batch = images(n=1)
     recorder = Recorder(fast.query_selector)
