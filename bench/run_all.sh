@@ -24,9 +24,9 @@ run() {  # run NAME COMMAND...: keep the table (stdout) in $OUT/NAME.md, progres
 run inference_zegformer_ref python bench/bench_inference.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
   --images 2 --clip-floor 100 --variant no_clip_branch MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH False \
   --variant uncertified_c0.2 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 \
-  --variant uncertified_cap25 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MAX_QUERIES 25
+  --variant uncertified_cap25 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.0 $FAST.MAX_QUERIES 25
 run inference_two_stage_ref python bench/bench_inference.py --config-file $TS_REF --clip-arch ViT-B/16 --size 640 \
-  --images 2 --clip-floor 100 --variant uncertified_cap25 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MAX_QUERIES 25
+  --images 2 --clip-floor 100 --variant uncertified_cap25 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.0 $FAST.MAX_QUERIES 25
 run scaling_ref python bench/bench_scaling.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
   --masks 10 25 50 100 --vocabularies 20 171 847 --images 3
 run text_coco python bench/bench_text.py --vocabularies coco_stuff_171 --templates selected8 --clip-arch ViT-B/16
@@ -44,7 +44,8 @@ for arch in zegformer two_stage; do
       --variant uncertified_c0.2 $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 \
       --variant uncertified_c0.2_area $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 $FAST.MIN_MASK_AREA 0.002 \
       --variant uncertified_c0.2_dup95 $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 $FAST.DUPLICATE_IOU 0.95 \
-      --variant uncertified_cap8 $FAST.CERTIFY False $FAST.MAX_QUERIES 8
+      --variant uncertified_c0.8 $FAST.CERTIFY False \
+      --variant uncertified_c0.2_cap8 $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 $FAST.MAX_QUERIES 8
   fi
 done
 for cfg in zegformer two_stage pixel_level; do
