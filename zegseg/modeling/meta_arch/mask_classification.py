@@ -258,14 +258,15 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             scores = self.calibrate_scores(torch.einsum("qc,qhw->chw", exact[known], soft[known]))
             if known.all():
                 return scores
+            unsent = (~known).nonzero().squeeze(1)
+            others = soft[unsent]  # (U, height, width)
             best = scores.argmax(dim=0, keepdim=True)  # (1, height, width)
-            rivals = torch.einsum("qc,qhw->chw", upper[~known], soft[~known]).add_(scores)
+            rivals = torch.einsum("qc,qhw->chw", upper[unsent], others).add_(scores)
             rivals.scatter_(0, best, float("-inf"))
             uncertain = scores.gather(0, best)[0] <= rivals.amax(dim=0)  # (height, width)
             if uncertain.float().mean() <= self.query_selector.uncertain_fraction:
                 return scores
-            unsent = (~known).nonzero().squeeze(1)
-            weight = upper[unsent].amax(dim=1) * (soft[unsent] * uncertain).flatten(1).sum(dim=1)
+            weight = upper[unsent].amax(dim=1) * (others.flatten(1) @ uncertain.flatten().to(others.dtype))
             more = weight.topk(min(len(unsent), max(1, int(known.sum()) // 2))).indices
             sent[unsent[more]] = True
 
