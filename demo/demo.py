@@ -26,7 +26,7 @@ import tqdm
 from detectron2.config import CfgNode
 from PIL import Image
 
-from zegseg.engine.setup_config import load_config
+from zegseg.engine.setup_config import ConfigError, load_config
 from zegseg.modeling.clip.loader import ClipWeightsNotFoundError
 from zegseg.modeling.vocabulary import check_vocabulary
 from zegseg.predictor import Predictor, SegmentationResult
@@ -481,6 +481,8 @@ def load_cfg(args: argparse.Namespace) -> CfgNode:
         return load_config(args.config_file, args.opts)
     except FileNotFoundError:
         raise UsageError(f"--config-file: no such file: {args.config_file}") from None
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
     except Exception as e:
         raise UsageError(f"cannot load config {args.config_file} with --opts {' '.join(args.opts)}: {e}") from None
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from detectron2.config import CfgNode
 
 from ..modeling.clip import ClipWeightsNotFoundError, resolve_clip_path
-from .setup_config import load_config
+from .setup_config import ConfigError, load_config
 
 __all__ = ["preflight"]
 
@@ -26,10 +26,8 @@ def preflight(args: argparse.Namespace) -> CfgNode:
     """
     try:
         cfg = load_config(args.config_file, args.opts)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConfigError) as e:
         raise SystemExit(f"error: {e}") from None
-    except (KeyError, AssertionError, ValueError) as e:
-        raise SystemExit(f"error: bad config override in {args.opts}: {e}") from None
     resuming = args.resume and Path(cfg.OUTPUT_DIR, "last_checkpoint").exists()
     if not _weights_present(cfg.MODEL.WEIGHTS) and not resuming:
         raise SystemExit(f"error: MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS}")
