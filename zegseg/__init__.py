@@ -4,7 +4,8 @@ Importing the package registers its datasets, dataset mappers, evaluators and me
 """
 from . import data, evaluation, modeling  # noqa: F401  (registration happens on import)
 from .config import add_zegseg_config
+from .modeling.vocabulary import VocabularyError
 from .predictor import Predictor
 from .version import __version__
 
-__all__ = ["Predictor", "__version__", "add_zegseg_config"]
+__all__ = ["Predictor", "VocabularyError", "__version__", "add_zegseg_config"]

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from .engine.setup_config import load_config, resolve_device
 from .modeling.meta_arch.base import OpenVocabSegmentor
-from .modeling.vocabulary import check_vocabulary
+from .modeling.vocabulary import Names, check_vocabulary
 
 __all__ = ["Predictor", "SegmentationResult", "upsample_argmax"]
 
@@ -152,32 +152,38 @@ class Predictor:
         self,
         cfg: CfgNode,
         *,
-        vocabulary: Optional[Sequence[str]] = None,
-        unseen_classes: Optional[Sequence[str]] = None,
+        vocabulary: Optional[Names] = None,
+        unseen_classes: Optional[Names] = None,
         confidence_threshold: float = 0.0,
     ):
         """
         Args:
             cfg: a zegseg config (see :func:`zegseg.engine.setup_config.load_config`); not modified.
-            vocabulary: class names to segment (synonyms joined by ", "); ``None`` → the config's inference
+            vocabulary: class names to segment (synonyms joined by ", "), or one string read like the demo's
+                ``--vocabulary`` (``"sky; tv, monitor"`` → 2 classes, see
+                :func:`~zegseg.modeling.vocabulary.parse_vocabulary`); ``None`` → the config's inference
                 vocabulary (``TEST.VOCABULARY``, else the classes of ``DATASETS.TEST[0]``).
-            unseen_classes: names of ``vocabulary`` the model did not see in training; ``None`` → all of them
-                (the right choice for names of your own).
+            unseen_classes: names of ``vocabulary`` the model did not see in training (a list or one string);
+                ``None`` → all of them (the right choice for names of your own).
             confidence_threshold: pixels whose winning score is below this are labelled unknown (-1).
         Raises:
             FileNotFoundError: ``MODEL.WEIGHTS`` names a file that does not exist (or CLIP weights are missing:
                 :class:`~zegseg.modeling.clip.loader.ClipWeightsNotFoundError`).
-            ValueError: a bad vocabulary or a config input format other than BGR/RGB.
+            VocabularyError: a bad vocabulary (a ``ValueError``; see
+                :func:`~zegseg.modeling.vocabulary.check_vocabulary`).
+            ValueError: a config input format other than BGR/RGB.
             TypeError: the meta-architecture is not an open-vocabulary segmentor.
         """
         cfg = cfg.clone()
         cfg.defrost()
         resolve_device(cfg)
+        unseen_names: Optional[List[str]] = None
         if vocabulary is not None:
             # built with the vocabulary directly, so that the config's default one is never embedded
-            names, _ = check_vocabulary(vocabulary, unseen_classes)
+            names, is_unseen = check_vocabulary(vocabulary, unseen_classes)
+            unseen_names = None if unseen_classes is None else [n for n, u in zip(names, is_unseen) if u]
             cfg.TEST.VOCABULARY = names
-            cfg.TEST.UNSEEN_CLASSES = list(unseen_classes or [])
+            cfg.TEST.UNSEEN_CLASSES = unseen_names or []
         cfg.freeze()
         if cfg.INPUT.FORMAT not in IMAGE_FORMATS:
             raise ValueError(f"unknown INPUT.FORMAT {cfg.INPUT.FORMAT!r}; known: {', '.join(IMAGE_FORMATS)}")
@@ -190,7 +196,7 @@ class Predictor:
             raise TypeError(
                 f"{cfg.MODEL.META_ARCHITECTURE} is not an open-vocabulary segmentor (OpenVocabSegmentor subclass)"
             )
-        if vocabulary is not None and unseen_classes is not None and not unseen_classes:
+        if unseen_names == []:
             self.model.set_vocabulary(names, unseen_classes=[])  # explicitly "no unseen class"; embeddings cached
         self.model.eval()
         if weights:
@@ -215,16 +221,18 @@ class Predictor:
     def device(self) -> torch.device:
         return self.model.device
 
-    def set_vocabulary(self, class_names: Sequence[str], unseen_classes: Optional[Sequence[str]] = None) -> Predictor:
+    def set_vocabulary(self, class_names: Names, unseen_classes: Optional[Names] = None) -> Predictor:
         """Segment these classes from now on (text embeddings are computed once per vocabulary, and cached).
 
         Args:
-            class_names: K names; synonyms of one class joined by ", " (e.g. "tv, monitor").
-            unseen_classes: which of them the model did not see in training; ``None`` → all.
+            class_names: K names; synonyms of one class joined by ", " (e.g. "tv, monitor"). One string is read
+                like the demo's ``--vocabulary``: ``"sky"`` → ``["sky"]``, ``"sky; tv, monitor"`` → 2 classes.
+            unseen_classes: which of them the model did not see in training (a list or one string); ``None`` → all.
         Returns:
             self, so that calls chain.
         Raises:
-            ValueError: an empty vocabulary, an empty or repeated name, or unseen names outside the vocabulary.
+            VocabularyError: (a ``ValueError``) an empty vocabulary, a name that is not text, an empty name, names
+                that are equal ignoring case and spacing, or unseen names outside the vocabulary.
         """
         self.model.set_vocabulary(class_names, unseen_classes=unseen_classes)
         return self
@@ -243,7 +251,7 @@ class Predictor:
         Returns:
             one :class:`SegmentationResult` per image, at the image's original size.
         Raises:
-            ValueError: an image that is not (H, W, 3) uint8, or an unknown ``image_format``.
+            ValueError: an image that is not (H, W, 3) uint8, an empty image, or an unknown ``image_format``.
         """
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"unknown image format {image_format!r}; known: {', '.join(IMAGE_FORMATS)}")
@@ -258,6 +266,8 @@ class Predictor:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             desc = f"shape {image.shape}, dtype {image.dtype}" if isinstance(image, np.ndarray) else type(image)
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {desc}")
+        if image.size == 0:
+            raise ValueError(f"the image is empty ({image.shape[0]} x {image.shape[1]} pixels)")
         if image_format != self.input_format:
             image = image[:, :, ::-1]
         resized = self.resize.get_transform(image).apply_image(np.ascontiguousarray(image))

@@ -1,0 +1,141 @@
+"""What careless input gets: one clear error or a warning naming the problem, never silently wrong output."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zegseg
+from zegseg.engine.setup_config import load_config
+from zegseg.modeling.vocabulary import VocabularyError, check_vocabulary, parse_vocabulary
+
+from .helpers import TINY_INFERENCE_OPTS
+
+
+@pytest.fixture
+def tiny_cfg(tiny_clip_path, tmp_path):
+    def make(*opts):
+        extra = ["MODEL.CLIP.NAME", str(tiny_clip_path), "MODEL.CLIP.EMBED_CACHE_DIR", str(tmp_path / "cache")]
+        return load_config("configs/toy/zegformer.yaml", TINY_INFERENCE_OPTS + extra + list(opts))
+
+    return make
+
+
+def random_image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------ item 6: vocabulary types
+def test_a_single_string_is_read_like_the_demo_option_never_split_into_letters(tiny_cfg):
+    torch.manual_seed(0)
+    predictor = zegseg.Predictor(tiny_cfg(), vocabulary="sky")
+    assert predictor.vocabulary == ["sky"]
+    assert predictor.set_vocabulary("sky; tv, monitor").vocabulary == ["sky", "tv, monitor"]
+    assert predictor(random_image(32, 40)).vocabulary == ["sky", "tv, monitor"]
+    assert predictor.set_vocabulary("cat, dog").vocabulary == ["cat", "dog"]  # no ";": "," separates classes
+    # the unseen classes may be one string too, read the same way
+    predictor.set_vocabulary("sky; grass; tree", unseen_classes="grass; tree")
+    assert predictor.model.test_unseen_mask.tolist() == [False, True, True]
+    built = zegseg.Predictor(tiny_cfg(), vocabulary="sky; grass", unseen_classes="grass")
+    assert built.vocabulary == ["sky", "grass"]
+    assert built.model.test_unseen_mask.tolist() == [False, True]
+
+
+def test_the_string_rule_is_the_demo_rule():
+    import demo.demo as demo  # noqa: PLC0415
+
+    for text in ("sky", "cat, dog, sky", "tv,monitor ;sky;", " , ", "tv, monitor;"):
+        assert demo.parse_vocabulary(text) == parse_vocabulary(text)
+    assert check_vocabulary("tv, monitor;")[0] == ["tv, monitor"]
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["sky", None], r"class name #1 of the vocabulary is None \(NoneType\), not text"),
+        (["sky", 3], r"class name #1 of the vocabulary is 3 \(int\), not text"),
+        ([True, "grass"], r"#0 .* is True \(bool\), not text \(YAML reads unquoted yes/no/on/off as booleans"),
+        (None, "must be a list of class names or one string, got NoneType"),
+        (7, "got int"),
+        ({"sky": 1}, "got dict"),
+        ({"sky", "grass"}, "is a set: give a list"),
+        (b"sky", "is bytes: decode it"),
+        ("", "the vocabulary is empty"),
+        (" ; ", "the vocabulary is empty"),
+        (["sky", " "], "class name #1 of the vocabulary is empty"),
+        (["sky", "\t\n"], "class name #1 of the vocabulary is empty"),
+    ],
+)
+def test_bad_vocabularies_raise_one_clear_error(names, message):
+    with pytest.raises(VocabularyError, match=message):
+        check_vocabulary(names)
+
+
+def test_non_text_names_are_refused_by_every_entry_point(tiny_cfg):
+    torch.manual_seed(0)
+    predictor = zegseg.Predictor(tiny_cfg(), vocabulary=["sky", "grass"])
+    for bad in (["sky", None], ["sky", 1.5], None):
+        with pytest.raises(VocabularyError, match="not text|list of class names"):
+            predictor.set_vocabulary(bad)
+        with pytest.raises(VocabularyError):
+            zegseg.Predictor(tiny_cfg(), vocabulary=bad if bad is not None else 0)
+    with pytest.raises(VocabularyError, match="#0 of the unseen classes is None"):
+        predictor.set_vocabulary(["sky"], unseen_classes=[None])
+    assert predictor.vocabulary == ["sky", "grass"]  # a refused vocabulary leaves the old one in place
+
+
+def test_a_yaml_vocabulary_with_unquoted_yes_no_is_refused_with_a_hint(tiny_clip_path, tmp_path):
+    config = tmp_path / "vocab.yaml"
+    base = Path("configs/toy/zegformer.yaml").resolve()
+    config.write_text(f"_BASE_: {base}\nTEST:\n  VOCABULARY: [sky, no, grass]\n")
+    cfg = load_config(str(config), TINY_INFERENCE_OPTS + ["MODEL.CLIP.NAME", str(tiny_clip_path)])
+    assert cfg.TEST.VOCABULARY == ["sky", False, "grass"]
+    with pytest.raises(VocabularyError, match=r"#1 of the vocabulary is False \(bool\).*quote them"):
+        zegseg.Predictor(cfg)
+
+
+def test_vocabulary_error_is_a_value_error_exported_at_top_level():
+    assert zegseg.VocabularyError is VocabularyError and issubclass(VocabularyError, ValueError)
+
+
+# ------------------------------------------------------------------------ item 8: case-insensitive duplicates
+@pytest.mark.parametrize(
+    "names",
+    [["sky", "Sky"], ["blue  sky", "Blue sky"], ["tv, monitor", "Monitor, TV"], ["sky; grass; SKY"]],
+)
+def test_names_clip_reads_as_the_same_text_are_refused(names):
+    vocabulary = names[0] if len(names) == 1 else names
+    with pytest.raises(VocabularyError, match="differ only in case, spacing or synonym order.*one embedding"):
+        check_vocabulary(vocabulary)
+
+
+def test_case_duplicates_really_get_one_embedding(tiny_clip_path):
+    """Why they are refused: CLIP's tokenizer lower-cases and collapses spaces, so the embeddings are equal."""
+    from clip import tokenize
+
+    assert torch.equal(tokenize(["a photo of a Sky."]), tokenize(["a photo of a   sky."]))
+
+
+def test_the_demo_refuses_case_duplicates(tmp_path):
+    import demo.demo as demo  # noqa: PLC0415
+
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(random_image(16, 16)).save(image)
+    code = demo.main(
+        ["--config-file", "configs/toy/zegformer.yaml", "--input", str(image), "--output", str(tmp_path / "out"),
+         "--vocabulary", "sky; Sky"]
+    )
+    assert code == 2
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------- item 8: empty images
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 12, 3), (12, 0, 3)])
+def test_an_empty_image_is_a_clear_error(tiny_cfg, shape):
+    torch.manual_seed(0)
+    predictor = zegseg.Predictor(tiny_cfg(), vocabulary=["sky", "grass"])
+    with pytest.raises(ValueError, match=r"the image is empty \(\d+ x \d+ pixels\)"):
+        predictor(np.zeros(shape, dtype=np.uint8))
+    assert predictor(random_image(1, 1)).labels.shape == (1, 1)  # the smallest image still works
