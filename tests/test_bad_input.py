@@ -139,3 +139,51 @@ def test_an_empty_image_is_a_clear_error(tiny_cfg, shape):
     with pytest.raises(ValueError, match=r"the image is empty \(\d+ x \d+ pixels\)"):
         predictor(np.zeros(shape, dtype=np.uint8))
     assert predictor(random_image(1, 1)).labels.shape == (1, 1)  # the smallest image still works
+
+
+# ------------------------------------------------------------------------------- item 8: names CLIP cuts off
+LONG = "a large old wooden table with many carved legs standing in the corner of the room"
+
+
+def test_long_names_are_cut_with_a_warning_naming_the_class(tiny_clip_path, caplog):
+    from zegseg.modeling.clip import load_clip
+    from zegseg.modeling.clip.text_encoder import TextEmbedder
+
+    clip_model = load_clip(str(tiny_clip_path))  # context of 16 tokens
+    embedder = TextEmbedder(clip_model, ["a photo of a {}."], disk_cache=False)
+    names = ["sky", f"{LONG} near the window", f"{LONG} near the door"]
+    with caplog.at_level("WARNING", logger="zegseg"):
+        emb = embedder(names)
+    # the defect: both long names are cut to the same text, so their embeddings are identical ...
+    assert torch.equal(emb[1], emb[2])
+    # ... and now each is named, with what CLIP reads, and the pair is named together
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("too long for CLIP's 16-token context" in m for m in messages) == 2
+    assert any(repr(names[1]) in m and "reads only 'a photo of a a large old wooden" in m for m in messages)
+    assert any(f"{names[1]!r} and {names[2]!r} are cut to the same text" in m for m in messages)
+    assert not any("'sky'" in m for m in messages)
+    # once per name: the same vocabulary again is silent
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zegseg"):
+        embedder(names)
+    assert not caplog.records
+
+
+def test_which_names_are_cut_follows_clip_tokenize(tiny_clip_path):
+    from clip import tokenize
+
+    from zegseg.modeling.clip.text_encoder import truncated_classes
+
+    template = "a photo of a {}."
+    # start + "a photo of a" (4) + name + "." + end must fit in 16: 9 name tokens fit, 11 do not
+    fits, dot_cut, too_long = ("red " * 9).strip(), ("red " * 10).strip(), ("red " * 11).strip()
+    cut, _ = truncated_classes([fits, dot_cut, too_long], [template], context_length=16)
+    assert list(cut) == [too_long]  # a cut after the name (only the full stop lost) is not a cut name
+    tokenize([template.format(fits)], context_length=16)  # clip.tokenize agrees: fits ...
+    for name in (dot_cut, too_long):  # ... and these do not
+        with pytest.raises(RuntimeError, match="too long"):
+            tokenize([template.format(name)], context_length=16)
+    # learned context vectors take positions too
+    assert not truncated_classes(["red car"], ["{}."], context_length=16, reserved_tokens=12)[0]
+    cut, _ = truncated_classes(["red car"], ["{}."], context_length=16, reserved_tokens=13)
+    assert cut == {"red car": ("{}.", "red")}

@@ -118,6 +118,7 @@ class PromptLearner(nn.Module):
             self.templates,
             encode_fn=encode,
             encoder_tag=f"coop-{self.n_ctx}-{self.fingerprint()}",
+            reserved_tokens=self.n_ctx,
             **kwargs,
         )
 

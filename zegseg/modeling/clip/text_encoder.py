@@ -16,11 +16,13 @@ import json
 import logging
 import os
 import tempfile
+from functools import cache
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 from clip import tokenize
+from clip.simple_tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -33,6 +35,7 @@ __all__ = [
     "default_cache_dir",
     "embed_class_names",
     "split_synonyms",
+    "truncated_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,42 @@ def split_synonyms(name: str) -> List[str]:
     if not parts:
         raise ValueError(f"class name {name!r} has no text to embed")
     return parts
+
+
+@cache
+def _bpe() -> SimpleTokenizer:
+    return SimpleTokenizer()
+
+
+def truncated_classes(
+    class_names: Sequence[str], templates: Sequence[str], context_length: int, reserved_tokens: int = 0
+) -> Tuple[Dict[str, Tuple[str, str]], Dict[str, FrozenSet[Tuple[int, ...]]]]:
+    """Which class names CLIP cuts off, as ``clip.tokenize(..., truncate=True)`` does, and what it reads of each.
+
+    Args:
+        class_names: K names, synonyms joined by ", ".
+        templates: prompt templates, each with one ``{}``.
+        context_length: CLIP's context (77 for OpenAI's models), start and end tokens included.
+        reserved_tokens: context positions taken before the prompt (e.g. learned context vectors).
+    Returns:
+        ``{name: (template, text CLIP reads of that prompt)}`` for every name (or synonym) that does not fit in a
+        prompt (the first such template; a cut after the name is not reported), and ``{name: read}``: the token
+        sequences CLIP reads of all prompts of each name (two names with the same ``read`` get one embedding).
+    """
+    limit = max(context_length - 2 - reserved_tokens, 0)  # BPE tokens between the start and end tokens
+    cut: Dict[str, Tuple[str, str]] = {}
+    read: Dict[str, FrozenSet[Tuple[int, ...]]] = {}
+    for name in class_names:
+        prompts = []
+        for synonym in split_synonyms(name):
+            for template in templates:
+                ids = _bpe().encode(template.format(synonym))
+                prompts.append(tuple(ids[:limit]))
+                name_end = len(_bpe().encode(template[: template.index("{}")] + synonym))  # tokens up to its end
+                if name_end > limit and name not in cut:
+                    cut[name] = (template, _bpe().decode(ids[:limit]).strip())
+        read[name] = frozenset(prompts)
+    return cut, read
 
 
 def clip_text_encoder(clip_model: nn.Module, chunk_size: int = 256) -> EncodeFn:
@@ -127,6 +166,7 @@ class TextEmbedder:
         chunk_size: int = 256,
         encode_fn: Optional[EncodeFn] = None,
         encoder_tag: str = "",
+        reserved_tokens: int = 0,
     ):
         """
         Args:
@@ -139,6 +179,8 @@ class TextEmbedder:
             chunk_size: prompts per text-encoder pass for the default encoder.
             encode_fn: replaces the CLIP text encoder (e.g. learned prompts); must be deterministic.
             encoder_tag: identifies ``encode_fn``'s state (e.g. a hash of learned prompts) in cache keys.
+            reserved_tokens: CLIP context positions ``encode_fn`` puts before each prompt (learned context
+                vectors); with CLIP's ``context_length``, decides which names are too long (they get a warning).
         """
         if not templates:
             raise ValueError("TextEmbedder needs at least one prompt template")
@@ -146,6 +188,7 @@ class TextEmbedder:
         self.embed_dim: int = int(clip_model.text_projection.shape[1])
         self.encode_fn: EncodeFn = encode_fn or clip_text_encoder(clip_model, chunk_size)
         self.encoder_tag = encoder_tag
+        self.reserved_tokens = int(reserved_tokens)
         self._clip_model = clip_model
         if fingerprint is None and getattr(clip_model, "checkpoint_path", None):
             fingerprint = checkpoint_fingerprint(clip_model.checkpoint_path)
@@ -182,6 +225,7 @@ class TextEmbedder:
             return torch.empty(0, self.embed_dim, device=self.device)
         missing = list(dict.fromkeys(n for n in names if n not in self._memory))
         if missing:
+            self._warn_truncated(names, missing)
             loaded = self._load(names)
             if loaded is None:
                 self._store_in_memory(missing, self._encode(missing))
@@ -189,6 +233,31 @@ class TextEmbedder:
             else:
                 self._store_in_memory(names, loaded.to(self.device))
         return torch.stack([self._memory[n] for n in names]).to(self.device)
+
+    def _warn_truncated(self, names: List[str], new: List[str]) -> None:
+        """Warn about each new name CLIP cuts off, and about names it cuts to the same text as another."""
+        context_length = getattr(self._clip_model, "context_length", None)
+        if context_length is None:
+            return
+        cut, read = truncated_classes(names, self.templates, int(context_length), self.reserved_tokens)
+        new_set = set(new)
+        for name in new:
+            if name in cut:
+                template, text = cut[name]
+                logger.warning(
+                    "class name %r is too long for CLIP's %d-token context: of the prompt %r it reads only %r; "
+                    "the rest of the name is ignored (shorten it)",
+                    name, int(context_length), template, text,
+                )
+        owner: Dict[FrozenSet[Tuple[int, ...]], str] = {}
+        for name in names:
+            other = owner.setdefault(read[name], name)
+            if other != name and (name in cut or other in cut) and (name in new_set or other in new_set):
+                logger.warning(
+                    "class names %r and %r are cut to the same text by CLIP's %d-token context: they get one "
+                    "embedding and %r can never be predicted; make them differ near the start",
+                    other, name, int(context_length), name,
+                )
 
     @torch.no_grad()
     def _encode(self, names: List[str]) -> Tensor:
