@@ -187,3 +187,76 @@ def test_which_names_are_cut_follows_clip_tokenize(tiny_clip_path):
     assert not truncated_classes(["red car"], ["{}."], context_length=16, reserved_tokens=12)[0]
     cut, _ = truncated_classes(["red car"], ["{}."], context_length=16, reserved_tokens=13)
     assert cut == {"red car": ("{}.", "red")}
+
+
+# --------------------------------------------------------------------- item 8: names the legend cannot draw
+@pytest.fixture
+def fresh_fonts(monkeypatch):
+    """Font choice re-read from the environment (it is cached per process)."""
+    from zegseg.utils import visualize
+
+    caches = (visualize._font_files, visualize._font_plan, visualize._warn_undrawable)
+
+    def clear():
+        for f in caches:
+            f.cache_clear()
+
+    clear()
+    yield monkeypatch
+    clear()
+
+
+def _has_glyphs(text, font):
+    """Independent of zegseg's font lookup: a character without a glyph renders as the .notdef box, which is
+    what a code point no font has (U+10FFFF) renders as."""
+    notdef = font.getmask("\U0010ffff")
+    return all(
+        (font.getmask(c).size, bytes(font.getmask(c))) != (notdef.size, bytes(notdef)) for c in text if c != " "
+    )
+
+
+def test_legend_never_draws_boxes_for_names_no_font_has(fresh_fonts, caplog):
+    from zegseg.utils import visualize
+
+    names = ["sky", "猫", "东京 tower", "naïve café, кошка", "🐱 cat"]
+    palette = visualize.class_palette(len(names))
+    with caplog.at_level("WARNING", logger="zegseg"):
+        rows = visualize.legend_entries(names, range(len(names)), [0.2] * 5, palette)
+        visualize.add_legend(np.zeros((40, 40, 3), np.uint8), rows)
+    texts = [t for t, _ in rows]
+    for text in texts:
+        drawn, font = visualize._drawable(text, 14)
+        assert drawn == text and _has_glyphs(text, font), text
+    if not _has_glyphs("猫", visualize._drawable("猫", 14)[1]):  # no CJK font installed (as on the test machine)
+        assert texts[1] == "#1 ?  20.0%" and texts[2] == "#2 ? tower  20.0%"
+        warned = [r.getMessage() for r in caplog.records if "no legend font can draw" in r.getMessage()]
+        assert len(warned) == 2 and "'猫'" in warned[0] and "fonts-noto-cjk" in warned[0]
+    assert texts[0] == "sky  20.0%" and texts[3] == "naïve café, кошка  20.0%"  # DejaVu Sans has these
+    # a fixed-width (video) panel measures the same labels
+    assert visualize.legend_width(names, 14) >= max(visualize._text_width(t, 14) for t in texts)
+
+
+def test_zegseg_font_supplies_missing_glyphs(fresh_fonts, caplog):
+    import importlib.util
+
+    from zegseg.utils import visualize
+
+    name = "ᶁog"  # U+1D81: in STIX, not in DejaVu Sans
+    assert visualize.legend_entries([name], [0], [1.0], visualize.class_palette(1))[0][0] == "#0 ?og  100.0%"
+    mpl = next(iter(importlib.util.find_spec("matplotlib").submodule_search_locations))
+    stix = str(Path(mpl) / "mpl-data" / "fonts" / "ttf" / "STIXGeneral.ttf")  # shipped with matplotlib
+    fresh_fonts.setenv("ZEGSEG_FONT", stix)
+    visualize._font_files.cache_clear()
+    visualize._font_plan.cache_clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zegseg"):
+        text = visualize.legend_entries([name], [0], [1.0], visualize.class_palette(1))[0][0]
+    assert text == "ᶁog  100.0%" and not caplog.records
+    drawn, font = visualize._drawable(text, 14)
+    assert font.path == stix and _has_glyphs(drawn, font)
+
+    fresh_fonts.setenv("ZEGSEG_FONT", "/nonexistent/font.ttf")
+    visualize._font_files.cache_clear()
+    with caplog.at_level("WARNING", logger="zegseg"):
+        assert visualize._font_files()
+    assert any("ZEGSEG_FONT=/nonexistent/font.ttf is not a file: ignored" in r.getMessage() for r in caplog.records)
