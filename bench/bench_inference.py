@@ -44,10 +44,10 @@ from common import (  # noqa: E402
     synchronize,
     time_call,
 )
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import zegseg  # noqa: E402,F401
+from zegseg.checkpoint import ZegsegCheckpointer  # noqa: E402
 from zegseg.engine.setup_config import load_config  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def build(config_file: str, opts: List[str], weights: str):
     cfg = load_config(config_file, opts)
     model = build_model(cfg).eval()
     if weights:
-        DetectionCheckpointer(model).load(weights)
+        ZegsegCheckpointer(model, partial_ok=cfg.MODEL.WEIGHTS_PARTIAL_OK).load(weights)
     return model
 
 

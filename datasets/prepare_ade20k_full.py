@@ -9,6 +9,8 @@ Writes (images whose shorter side exceeds --max-size are downscaled to it, label
     ADE20K_2021_17_01/annotations_detectron2/training_seen/*.png     572 seen classes; everything else 65535
     ADE20K_2021_17_01/annotations_detectron2/validation_all/*.png    847 classes; unlabeled and others 65535
 Files named ADE_val_* form the validation split, all others the training split. Existing outputs are kept.
+The index is read without running code (numpy arrays and plain containers only), and every path it lists must
+stay inside --root.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from zegseg.checkpoint.safe_pickle import safe_pickle_load
 from zegseg.data.datasets.common import (
     LayoutError,
     dataset_root,
@@ -89,17 +92,43 @@ def convert(job: Job, luts: Dict[str, np.ndarray], max_size: int) -> int:
     return int(todo_image) + int(todo_label)
 
 
+def read_index(index_file: Path) -> Dict[str, list]:
+    """The ADE20K-Full index, unpickled without running code: a dict with 'folder' and 'filename' lists."""
+    try:
+        with open(index_file, "rb") as f:
+            index = safe_pickle_load(f)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+        raise LayoutError(f"{index_file}: cannot read the index ({e or type(e).__name__}); download it again") from None
+    if not isinstance(index, dict) or not {"folder", "filename"} <= set(index):
+        raise LayoutError(f"{index_file}: expected a dict with 'folder' and 'filename' lists")
+    return index
+
+
+def source_path(root: Path, folder: object, filename: object, index_file: Path) -> Path:
+    """``root / folder / filename`` for one index entry, refusing names that would leave ``root``.
+
+    ``filename`` must be a plain file name (it also names the outputs); ``folder`` must stay inside ``root``
+    (checked on the path's text, so that symbolic links inside the dataset still work).
+    """
+    if not isinstance(folder, str) or not isinstance(filename, str):
+        raise LayoutError(f"{index_file}: entry {folder!r}/{filename!r} is not text")
+    if filename in ("", ".", "..") or Path(filename).name != filename or "\\" in filename:
+        raise LayoutError(f"{index_file}: {filename!r} is not a plain file name")
+    base = os.path.normpath(root)
+    source = os.path.normpath(os.path.join(base, folder, filename))
+    if os.path.commonpath([base, source]) != base:
+        raise LayoutError(f"{index_file}: {folder}/{filename} points outside the dataset root {root}")
+    return Path(source)
+
+
 def prepare(root: Path, workers: int, max_size: int) -> None:
     ade = require(root / "ADE20K_2021_17_01", "ADE20K-Full (extract ADE20K_2021_17_01.zip)")
     index_file = require(ade / "index_ade20k.pkl", "ADE20K-Full index", is_dir=False)
-    with open(index_file, "rb") as f:
-        index = pickle.load(f)
-    if not isinstance(index, dict) or not {"folder", "filename"} <= set(index):
-        raise LayoutError(f"{index_file}: expected a dict with 'folder' and 'filename' lists")
+    index = read_index(index_file)
     specs = {spec.split: spec for spec in ADE20K_FULL_SPECS}
     jobs: List[Job] = []
     for folder, filename in zip(index["folder"], index["filename"]):
-        source = root / folder / filename
+        source = source_path(root, folder, filename, index_file)
         if not source.is_file():
             raise LayoutError(f"image listed in {index_file}: expected {source}, which does not exist")
         parts = Path(filename).stem.split("_")

@@ -26,6 +26,7 @@ import tqdm
 from detectron2.config import CfgNode
 from PIL import Image
 
+from zegseg.checkpoint import CheckpointError
 from zegseg.engine.setup_config import ConfigError, load_config
 from zegseg.modeling.clip.loader import ClipWeightsNotFoundError
 from zegseg.modeling.vocabulary import check_vocabulary
@@ -494,6 +495,8 @@ def build_predictor(cfg: CfgNode, args: argparse.Namespace, vocabulary, unseen) 
             cfg, vocabulary=vocabulary, unseen_classes=unseen, confidence_threshold=args.confidence_threshold
         )
     except ClipWeightsNotFoundError as e:
+        raise UsageError(str(e)) from None
+    except CheckpointError as e:
         raise UsageError(str(e)) from None
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None

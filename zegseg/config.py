@@ -18,6 +18,7 @@ def add_zegseg_config(cfg: CN) -> None:
     _add_meta_arch_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+    cfg.MODEL.WEIGHTS_PARTIAL_OK = False  # load MODEL.WEIGHTS even if it lacks or mismatches parameters (warned)
     cfg.ZEGSEG_VERSION = 1  # version of this config schema; bumped when keys change meaning
     object.__setattr__(cfg, "_zegseg_keys_added", True)
 

@@ -21,13 +21,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from torch import Tensor
 from torch.nn import functional as F
 
+from .checkpoint import ZegsegCheckpointer
 from .engine.setup_config import load_config, resolve_device
 from .modeling.meta_arch.base import OpenVocabSegmentor
 from .modeling.vocabulary import Names, check_vocabulary
@@ -173,6 +173,8 @@ class Predictor:
                 :func:`~zegseg.modeling.vocabulary.check_vocabulary`).
             ValueError: a config input format other than BGR/RGB.
             TypeError: the meta-architecture is not an open-vocabulary segmentor.
+            zegseg.checkpoint.CheckpointError: ``MODEL.WEIGHTS`` is unsafe, unreadable, or does not fit the model
+                (unless ``MODEL.WEIGHTS_PARTIAL_OK``).
         """
         cfg = cfg.clone()
         cfg.defrost()
@@ -200,7 +202,8 @@ class Predictor:
             self.model.set_vocabulary(names, unseen_classes=[])  # explicitly "no unseen class"; embeddings cached
         self.model.eval()
         if weights:
-            DetectionCheckpointer(self.model).load(str(Path(weights).expanduser()) if "://" not in weights else weights)
+            path = str(Path(weights).expanduser()) if "://" not in weights else weights
+            ZegsegCheckpointer(self.model, partial_ok=cfg.MODEL.WEIGHTS_PARTIAL_OK).load(path)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the model is untrained and its predictions are meaningless")
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)

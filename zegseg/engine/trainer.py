@@ -5,13 +5,13 @@ import logging
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import ZegsegCheckpointer
 from ..data.dataset_mappers import build_train_mapper
 from ..evaluation import build_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
@@ -46,7 +46,14 @@ class ZegsegTrainer(DefaultTrainer):
             logger.warning("SOLVER.AMP.ENABLED is ignored on CPU: training in fp32")
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # MODEL.WEIGHTS initialises training (may be partial, e.g. an ImageNet backbone); resuming needs all weights
+        self.checkpointer = ZegsegCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            for_training=True,
+            partial_ok=cfg.MODEL.WEIGHTS_PARTIAL_OK,
+            trainer=weakref.proxy(self),
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
