@@ -7,6 +7,7 @@ import pytest
 import torch
 from clip import tokenize
 from torch.nn import functional as F
+from torchvision.ops import roi_align
 
 from zegseg.modeling.clip import load_clip
 from zegseg.modeling.clip.prompt_learner import PromptLearner, load_prompt_learner
@@ -15,8 +16,10 @@ from zegseg.modeling.clip.region_encoder import (
     RegionCLIPClassifier,
     expand_boxes,
     make_region_crops,
+    make_zegformer_crops,
     masks_to_boxes,
     normalize_for_clip,
+    zegformer_boxes,
 )
 from zegseg.modeling.clip.text_encoder import TextEmbedder, clip_text_encoder, embed_class_names
 from zegseg.modeling.inference import calibrate, ensemble_logits, ensemble_probs, semantic_inference
@@ -276,7 +279,9 @@ def test_region_classifier_encodes_valid_masks_in_chunks(clip_model):
     seen_inputs = []
     hook = clip_model.visual.register_forward_hook(lambda m, args, out: seen_inputs.append(tuple(args[0].shape)))
     try:
-        classifier = RegionCLIPClassifier(style="cropmask", chunk_size=1, input_format="BGR", logit_scale=50.0)
+        classifier = RegionCLIPClassifier(
+            procedure="roi_align", style="cropmask", chunk_size=1, input_format="BGR", logit_scale=50.0
+        )
         emb, valid = classifier.encode(clip_model, image, masks)
     finally:
         hook.remove()
@@ -303,13 +308,78 @@ def test_region_classifier_encodes_valid_masks_in_chunks(clip_model):
 
 
 def test_region_classifier_all_empty_and_bad_options(clip_model):
-    classifier = RegionCLIPClassifier()
+    classifier = RegionCLIPClassifier(procedure="roi_align")
     emb, valid = classifier.encode(clip_model, torch.zeros(3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.bool))
     assert not valid.any() and emb.abs().sum() == 0
     with pytest.raises(ValueError, match="do not match the image size"):
         classifier.encode(clip_model, torch.zeros(3, 8, 8), torch.zeros(2, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="unknown crop style"):
         RegionCLIPClassifier(style="nope")
+    with pytest.raises(ValueError, match="unknown crop procedure"):
+        RegionCLIPClassifier(procedure="nope")
+    with pytest.raises(ValueError, match="does not expand boxes"):
+        RegionCLIPClassifier(procedure="zegformer", expand_ratio=1.2)
+
+
+def _official_zegformer_box(mask):
+    """The official ZegFormer box of one mask, written out as its code does it: cumulative sums per axis, the
+    max's first index as the end, the first non-zero as the start, and the whole image for a box without area."""
+    h, w = mask.shape
+    cum_x = mask.sum(dim=0).cumsum(0).float()
+    cum_y = mask.sum(dim=1).cumsum(0).float()
+    x2, y2 = int(cum_x.argmax()), int(cum_y.argmax())
+    cum_x[cum_x == 0], cum_y[cum_y == 0] = float("inf"), float("inf")
+    x1, y1 = int(cum_x.argmin()), int(cum_y.argmin())
+    if (y2 - y1) * (x2 - x1) == 0:
+        return [0.0, 0.0, float(w), float(h)]
+    return [float(x1), float(y1), float(x2), float(y2)]
+
+
+def test_zegformer_crops_follow_the_official_procedure():
+    torch.manual_seed(0)
+    h, w, out = 30, 36, 12
+    image = torch.randn(3, h, w)
+    masks = torch.zeros(6, h, w, dtype=torch.bool)
+    masks[0, 4:20, 7:30] = True
+    masks[1, 10:11, 3:20] = True  # one row: no area, whole image
+    masks[3, 29, 35] = True  # a single pixel in the corner: whole image
+    masks[4] = torch.rand(h, w) > 0.7  # scattered
+    masks[5, 20:, 30:] = True  # touches the bottom-right border
+    boxes = zegformer_boxes(masks)
+    assert boxes.tolist() == [_official_zegformer_box(m) for m in masks]
+
+    crops = make_zegformer_crops(image, masks, style="cropmask", out_size=out)
+    for q in range(len(masks)):  # one roi_align per masked image, as the official code does
+        box = boxes[q : q + 1]
+        ref = roi_align((image * masks[q])[None], [box], out, aligned=True)[0]
+        torch.testing.assert_close(crops[q], ref)
+    assert crops[2].abs().sum() == 0  # empty mask: a blank (mean-colour) whole-image crop, still sent
+    crop_only = make_zegformer_crops(image, masks, style="crop", out_size=out)
+    torch.testing.assert_close(crop_only[0], roi_align(image[None], [boxes[:1]], out, aligned=True)[0])
+    logits = torch.where(masks, 4.0, -4.0)
+    torch.testing.assert_close(make_zegformer_crops(image, logits, style="cropmask", out_size=out), crops)
+    whole = make_zegformer_crops(image, logits, style="mask", out_size=out)
+    small = F.interpolate(image[None], size=(out, out), mode="bilinear", align_corners=False)
+    keep = F.interpolate(logits[:, None], size=(out, out), mode="bilinear", align_corners=False).sigmoid() > 0.5
+    torch.testing.assert_close(whole, small * keep)
+
+
+def test_zegformer_procedure_crops_the_padded_input_and_uses_clips_scale(clip_model):
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 20, 26), dtype=torch.uint8)
+    logits = torch.full((2, 32, 32), -5.0)  # over the input padded to 32 x 32
+    logits[0, 18:30, 20:31] = 5.0  # reaches into the padding
+    classifier = RegionCLIPClassifier(procedure="zegformer", input_format="RGB")
+    emb, valid = classifier.encode(clip_model, image, logits)
+    assert valid.tolist() == [True, True]  # the empty mask is sent too (blank crop)
+    padded = F.pad(normalize_for_clip(image, "RGB"), (0, 6, 0, 12))
+    res = clip_model.visual.input_resolution
+    with torch.no_grad():
+        ref = F.normalize(clip_model.encode_image(make_zegformer_crops(padded, logits > 0, out_size=res)), dim=-1)
+    torch.testing.assert_close(emb, ref.float(), atol=1e-5, rtol=1e-5)
+    text = F.normalize(torch.randn(3, emb.shape[1]), dim=-1)
+    scores, _ = classifier(clip_model, image, logits, text)
+    torch.testing.assert_close(scores, clip_model.logit_scale.exp().float() * emb @ text.T)
 
 
 def test_region_classifier_from_config():
@@ -323,6 +393,7 @@ def test_region_classifier_from_config():
     cfg.INPUT.FORMAT = "RGB"
     classifier = RegionCLIPClassifier(cfg)
     assert classifier.style == "crop" and classifier.input_format == "RGB" and classifier.chunk_size == 32
+    assert classifier.procedure == "zegformer" and classifier.logit_scale == 0.0  # the official defaults
 
 
 # ---------------------------------------------------------------------------------------------- text classifier

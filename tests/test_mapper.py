@@ -1,4 +1,4 @@
-"""The training mapper (mask_former_semantic) and the SSD colour augmentation, on synthetic PNGs."""
+"""The training mapper (mask_former_semantic), on synthetic PNGs."""
 from pathlib import Path
 
 import cv2
@@ -7,14 +7,10 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.projects.point_rend import ColorAugSSDTransform
 
 from zegseg.config import add_zegseg_config
-from zegseg.data.dataset_mappers import (
-    ColorAugSSD,
-    ColorAugSSDTransform,
-    MaskFormerSemanticDatasetMapper,
-    build_train_mapper,
-)
+from zegseg.data.dataset_mappers import MaskFormerSemanticDatasetMapper, build_train_mapper
 from zegseg.data.datasets.common import register_sem_seg_dataset, write_label
 
 
@@ -107,9 +103,9 @@ def test_augmented_and_padded(dataset):
         check_output(out, ignore)
         assert out["image"].shape == (3, 32, 32)
         assert set(out["sem_seg"].unique().tolist()) <= set(np.unique(label).tolist())
-        # the 24 x 24 crop is padded to 32 x 32: image with 0, label with the ignore value
+        # the 24 x 24 crop is padded to 32 x 32: image with grey 128 (the official mappers'), label with ignore
         assert (out["sem_seg"][24:] == ignore).all() and (out["sem_seg"][:, 24:] == ignore).all()
-        assert (out["image"][:, 24:] == 0).all() and (out["image"][:, :, 24:] == 0).all()
+        assert (out["image"][:, 24:] == 128).all() and (out["image"][:, :, 24:] == 128).all()
 
 
 def test_unknown_mapper_and_bad_configs(dataset):
@@ -131,22 +127,10 @@ def test_mapper_built_by_hand_rejects_size_mismatch(dataset, tmp_path):
         mapper(record)
 
 
-def test_color_aug_ssd():
-    rng = np.random.default_rng(0)
-    bgr = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
-    label = rng.integers(0, 5, (8, 10)).astype(np.uint8)
-    params = dict(brightness_delta=20.0, contrast_alpha=1.3, contrast_first=False, saturation_alpha=0.7, hue_delta=9)
-    t_bgr = ColorAugSSDTransform(img_format="BGR", **params)
-    t_rgb = ColorAugSSDTransform(img_format="RGB", **params)
-    out = t_bgr.apply_image(bgr)
-    assert out.dtype == np.uint8 and out.shape == bgr.shape and not np.array_equal(out, bgr)
-    np.testing.assert_array_equal(t_rgb.apply_image(bgr[..., ::-1].copy()), out[..., ::-1])
-    assert t_bgr.apply_segmentation(label) is label
-    identity = ColorAugSSDTransform(img_format="BGR", brightness_delta=0.0, contrast_alpha=1.0, contrast_first=True,
-                                    saturation_alpha=1.0, hue_delta=0)
-    np.testing.assert_array_equal(identity.apply_image(bgr), bgr)
-
-    np.random.seed(1)
-    sampled = [ColorAugSSD("BGR").get_transform(bgr) for _ in range(50)]
-    assert all(-32 <= t.brightness_delta <= 32 and 0.5 <= t.contrast_alpha <= 1.5 for t in sampled)
-    assert any(t.hue_delta != 0 for t in sampled) and any(t.hue_delta == 0 for t in sampled)
+def test_color_aug_is_detectron2s(dataset):
+    """COLOR_AUG_SSD uses the transform of detectron2's PointRend project, as the official MaskFormer mapper does."""
+    name, *_ = dataset
+    mapper = build_train_mapper(make_cfg(name, **{"INPUT.COLOR_AUG_SSD": True, "INPUT.FORMAT": "RGB"}))
+    augs = [getattr(a, "tfm", a) for a in mapper.augmentations.augs]
+    colour = [a for a in augs if isinstance(a, ColorAugSSDTransform)]
+    assert len(colour) == 1 and colour[0].is_rgb

@@ -67,7 +67,7 @@ def test_param_groups(cfg):
     assert hyper[head.proj.bias] == pytest.approx((1e-3, 1e-4))
     assert hyper[head.norm.weight] == pytest.approx((1e-3, 0.0))
     assert hyper[head.query_embed.weight] == pytest.approx((1e-3, 0.0))
-    assert hyper[head.no_object_embedding] == pytest.approx((1e-3, 0.0))
+    assert hyper[head.no_object_embedding] == pytest.approx((1e-3, 1e-4))  # a bare Parameter: decayed (MaskFormer)
 
 
 def test_embed_and_norm_weight_decay_keys(cfg):
@@ -82,7 +82,7 @@ def test_embed_and_norm_weight_decay_keys(cfg):
     hyper = _hyper(optimizer)
     assert hyper[model.head.norm.weight][1] == 0.3
     assert hyper[model.head.query_embed.weight][1] == 0.2
-    assert hyper[model.head.no_object_embedding][1] == 0.2
+    assert hyper[model.head.no_object_embedding][1] == cfg.SOLVER.WEIGHT_DECAY
 
 
 def test_optimizer_errors(cfg):

@@ -104,12 +104,20 @@ def test_checkpoint_excludes_clip_and_round_trips(tiny_clip_path):
 
 
 @pytest.mark.parametrize(
-    "mean_seen_clip, image_size, output_size",
-    [(False, (64, 64), None), (True, (64, 64), None), (False, (56, 60), (90, 100))],
+    "mean_seen_clip, no_object, masks_first, image_size, output_size",
+    [
+        (False, True, False, (64, 64), None),
+        (True, True, False, (64, 64), None),
+        (False, True, False, (56, 60), (90, 100)),
+        (True, False, False, (56, 60), (90, 100)),
+        (True, True, True, (56, 60), (90, 100)),
+    ],
 )
-def test_ensemble_matches_hand_computation(tiny_clip_path, mean_seen_clip, image_size, output_size):
+def test_ensemble_matches_hand_computation(
+    tiny_clip_path, mean_seen_clip, no_object, masks_first, image_size, output_size
+):
     model = tiny_zegformer(tiny_clip_path, "MODEL.ZEGFORMER.CALIBRATION_GAMMA", "0.1").eval()
-    model.mean_seen_clip = mean_seen_clip
+    model.mean_seen_clip, model.clip_no_object, model.resize_masks_first = mean_seen_clip, no_object, masks_first
     model.set_vocabulary(["sky", "grass", "red star"], unseen_classes=["red star"])
     q, lam = 6, model.ensemble_lambda
     g = torch.Generator().manual_seed(3)
@@ -121,18 +129,26 @@ def test_ensemble_matches_hand_computation(tiny_clip_path, mean_seen_clip, image
     got = model.segment_image(torch.zeros(3, *image_size), logits, masks, image_size, output_size)
 
     p = logits.softmax(-1)[:, :3]
-    pc = clip_logits.softmax(-1)
+    if no_object:  # the official code: CLIP's logits and the segment's no-object logit in one softmax
+        pc = torch.cat([clip_logits, logits[:, 3:]], dim=1).softmax(-1)[:, :3]
+    else:
+        pc = clip_logits.softmax(-1)
     if mean_seen_clip:
         pc[:, :2] = pc[:, :2].mean(-1, keepdim=True)
     pc[~valid] = 1.0
     seen = torch.tensor([True, True, False])
     expected_p = torch.where(seen, p**lam * pc ** (1 - lam), p ** (1 - lam) * pc**lam)
-    # MaskFormer's order: logits upsampled to the padded input, cropped, resized to the output, then sigmoid
-    up = F.interpolate(masks[None], size=(64, 64), mode="bilinear", align_corners=False)
-    up = up[..., : image_size[0], : image_size[1]]
-    if output_size is not None:
-        up = F.interpolate(up, size=output_size, mode="bilinear", align_corners=False)
-    expected = torch.einsum("qk,qhw->khw", expected_p, up[0].sigmoid()) - 0.1 * seen.float()[:, None, None]
+    up = F.interpolate(masks[None], size=(64, 64), mode="bilinear", align_corners=False)[0]
+    if masks_first:  # logits cropped and resized to the output, then the sigmoid and the K-class map
+        up = up[:, : image_size[0], : image_size[1]]
+        if output_size is not None:
+            up = F.interpolate(up[None], size=output_size, mode="bilinear", align_corners=False)[0]
+        expected = torch.einsum("qk,qhw->khw", expected_p, up.sigmoid())
+    else:  # the official order: the K-class map at the padded input, cropped, then resized
+        expected = torch.einsum("qk,qhw->khw", expected_p, up.sigmoid())[:, : image_size[0], : image_size[1]]
+        if output_size is not None:
+            expected = F.interpolate(expected[None], size=output_size, mode="bilinear", align_corners=False)[0]
+    expected = expected - 0.1 * seen.float()[:, None, None]
     assert got.shape == (3, *(output_size or image_size))
     torch.testing.assert_close(got, expected)
 

@@ -27,10 +27,6 @@ _OPTIMIZERS = ("ADAMW", "SGD")
 _LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR", "WarmupPolyLR")
 
 
-def _is_embedding(module: nn.Module, param_name: str) -> bool:
-    return isinstance(module, nn.Embedding) or "embed" in param_name
-
-
 def get_param_groups(
     model: nn.Module,
     *,
@@ -45,9 +41,8 @@ def get_param_groups(
     - parameters with ``requires_grad=False`` (e.g. a frozen CLIP) are left out;
     - parameters under a sub-module named ``backbone`` (any depth) get ``base_lr * backbone_multiplier``;
     - parameters of normalisation layers get ``weight_decay_norm``;
-    - embeddings get ``weight_decay_embed``: weights of ``nn.Embedding`` modules (e.g. the queries) and
-      parameters registered directly on a module under a name containing "embed" (e.g. a no-object embedding
-      ``nn.Parameter`` named ``no_object_embedding``);
+    - weights of ``nn.Embedding`` modules (the queries) get ``weight_decay_embed``; a bare ``nn.Parameter`` such
+      as the no-object embedding gets ``weight_decay``, as in the official MaskFormer / ZegFormer optimizer;
     - everything else gets ``base_lr`` and ``weight_decay``.
 
     Groups with equal hyper-parameters are merged (detectron2's ``reduce_param_groups``).
@@ -56,14 +51,14 @@ def get_param_groups(
     seen: Set[nn.Parameter] = set()
     for module_name, module in model.named_modules():
         in_backbone = "backbone" in module_name.split(".")
-        for param_name, param in module.named_parameters(recurse=False):
+        for param in module.parameters(recurse=False):
             if not param.requires_grad or param in seen:
                 continue
             seen.add(param)
             lr = base_lr * backbone_multiplier if in_backbone else base_lr
             if isinstance(module, _NORM_TYPES):
                 decay = weight_decay_norm
-            elif _is_embedding(module, param_name):
+            elif isinstance(module, nn.Embedding):
                 decay = weight_decay_embed
             else:
                 decay = weight_decay

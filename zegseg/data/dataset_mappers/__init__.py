@@ -5,10 +5,9 @@ from typing import Callable, Dict
 
 from detectron2.config import CfgNode
 
-from .augmentations import ColorAugSSD, ColorAugSSDTransform
 from .mask_former_semantic import MaskFormerSemanticDatasetMapper
 
-__all__ = ["MAPPERS", "ColorAugSSD", "ColorAugSSDTransform", "MaskFormerSemanticDatasetMapper", "build_train_mapper"]
+__all__ = ["MAPPERS", "MaskFormerSemanticDatasetMapper", "build_train_mapper"]
 
 # INPUT.DATASET_MAPPER_NAME -> mapper class (constructed with ``cls(cfg, is_train=...)``)
 MAPPERS: Dict[str, Callable] = {

@@ -11,13 +11,16 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.projects.point_rend import ColorAugSSDTransform
 from detectron2.structures import Instances
 from torch.nn import functional as F
 
 from ..datasets.common import read_label
-from .augmentations import ColorAugSSD
 
-__all__ = ["MaskFormerSemanticDatasetMapper"]
+__all__ = ["PAD_VALUE", "MaskFormerSemanticDatasetMapper"]
+
+PAD_VALUE = 128
+"""Grey that training images are padded with (the official MaskFormer, ZegFormer and simple-baseline mappers')."""
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +44,8 @@ class MaskFormerSemanticDatasetMapper:
     """Map a detectron2 semantic-segmentation record to training tensors with per-class binary masks.
 
     Reads the image (in ``image_format``) and its label file (8-bit or 16-bit PNG), applies the augmentations
-    jointly, pads to ``size_divisibility`` (image with 0, label with ``ignore_label``), and splits the label
-    into one mask per class present.
+    jointly, pads to ``size_divisibility`` (image with :data:`PAD_VALUE`, label with ``ignore_label``), and splits
+    the label into one mask per class present.
 
     Output dict: the record's fields plus
         "image": (3, H, W) uint8 tensor in ``image_format``;
@@ -89,7 +92,7 @@ class MaskFormerSemanticDatasetMapper:
                 )
             )
         if cfg.INPUT.COLOR_AUG_SSD:
-            augs.append(ColorAugSSD(img_format=cfg.INPUT.FORMAT))
+            augs.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
         if cfg.INPUT.RANDOM_FLIP != "none":
             augs.append(
                 T.RandomFlip(
@@ -127,7 +130,7 @@ class MaskFormerSemanticDatasetMapper:
         if self.size_divisibility > 0:
             h, w = sem_seg.shape
             pad_h, pad_w = -h % self.size_divisibility, -w % self.size_divisibility
-            image_t = F.pad(image_t, (0, pad_w, 0, pad_h), value=0)
+            image_t = F.pad(image_t, (0, pad_w, 0, pad_h), value=PAD_VALUE)
             sem_seg = F.pad(sem_seg, (0, pad_w, 0, pad_h), value=self.ignore_label)
 
         classes = torch.unique(sem_seg)

@@ -1,14 +1,21 @@
-"""CLIP's view of image regions: one sub-image per mask, built for all masks at once, and classified by CLIP.
+"""CLIP's view of image regions: one sub-image per mask, built for many masks at once, and classified by CLIP.
 
 Crop styles (per mask):
 
-* ``cropmask``: crop to the mask's (expanded) box and paint the pixels outside the mask with CLIP's mean colour;
+* ``cropmask``: crop to the mask's box and paint the pixels outside the mask with CLIP's mean colour;
 * ``mask``: the whole image, outside-mask pixels painted with the mean colour;
 * ``crop``: the box crop, unpainted.
 
-Each sub-image is resampled to CLIP's input size (``clip_model.visual.input_resolution``) with
-``torchvision.ops.roi_align``, which takes all boxes of an image in one call. A mask with no pixels gets the
-whole-image box and ``valid = False``.
+Crop procedures (how a box becomes a CLIP-sized sub-image; ``MODEL.CLIP.CROP_PROCEDURE``):
+
+* ``zegformer`` (the official ZegFormer code, the default): masks are thresholded at the padded input size, the
+  image is masked first, the box of a mask runs from its first to its *last* pixel index (so the last row and
+  column fall outside it), and each masked image is resampled by ``roi_align`` (adaptive sampling). A mask whose
+  box has no area (empty, or one pixel wide) uses the whole padded image; CLIP always sees something.
+* ``roi_align`` (zegseg's variant): tight boxes in pixel-edge coordinates (last pixel included), optionally
+  expanded, image and mask resampled separately (two ``roi_align`` calls, two samples per bin) and multiplied;
+  empty masks are not cropped (``valid`` False), so CLIP abstains on them.
+Both procedures take all crops of a chunk of masks in one ``roi_align`` call.
 
 Images here are in CLIP's normalised RGB space ((x / 255 - mean) / std), where the mean colour is exactly 0;
 :func:`normalize_for_clip` converts detectron2's 0-255 input images (BGR or RGB) into it.
@@ -27,12 +34,15 @@ from torchvision.ops import roi_align
 __all__ = [
     "CLIP_PIXEL_MEAN",
     "CLIP_PIXEL_STD",
+    "CROP_PROCEDURES",
     "CROP_STYLES",
     "RegionCLIPClassifier",
     "expand_boxes",
     "make_region_crops",
+    "make_zegformer_crops",
     "masks_to_boxes",
     "normalize_for_clip",
+    "zegformer_boxes",
 ]
 
 CLIP_PIXEL_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -40,6 +50,7 @@ CLIP_PIXEL_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073
 CLIP_PIXEL_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 """OpenAI CLIP's per-channel standard deviation, RGB, for images scaled to [0, 1]."""
 CROP_STYLES = ("cropmask", "mask", "crop")
+CROP_PROCEDURES = ("zegformer", "roi_align")
 
 
 def normalize_for_clip(image: Tensor, input_format: str = "BGR") -> Tensor:
@@ -159,43 +170,117 @@ def make_region_crops(
     return crops, valid
 
 
+def zegformer_boxes(masks: Tensor) -> Tensor:
+    """Boxes of binary masks as the official ZegFormer code draws them, vectorised.
+
+    A box runs from the first to the last pixel index that holds the mask (``x2 = last column``, not one past it),
+    so ``roi_align`` leaves the last row and column out. A box with no area (an empty mask, or one a single row or
+    column wide) becomes the whole image ``(0, 0, W, H)``.
+
+    Args:
+        masks: (Q, H, W) bool.
+    Returns:
+        (Q, 4) float ``(x1, y1, x2, y2)``.
+    """
+    _, h, w = masks.shape
+    cols = masks.any(dim=1).to(torch.uint8)  # (Q, W)
+    rows = masks.any(dim=2).to(torch.uint8)  # (Q, H)
+    x1, y1 = cols.argmax(dim=1), rows.argmax(dim=1)
+    x2, y2 = w - 1 - cols.flip(1).argmax(dim=1), h - 1 - rows.flip(1).argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    flat = ((x2 - x1) * (y2 - y1) <= 0) | ~cols.any(dim=1).bool()  # no area, or an empty mask
+    whole = boxes.new_tensor([0.0, 0.0, w, h])
+    return torch.where(flat[:, None], whole, boxes)
+
+
+def make_zegformer_crops(
+    image: Tensor, masks: Tensor, *, style: str = "cropmask", out_size: int, threshold: float = 0.5
+) -> Tensor:
+    """One CLIP-sized sub-image per mask, by the official ZegFormer procedure (module docstring).
+
+    ``cropmask``: each masked image (the image times the binary mask) is resampled in the mask's
+    :func:`zegformer_boxes` box by one ``roi_align`` call (``aligned=True``, adaptive sampling); ``crop``: the same
+    boxes on the unmasked image; ``mask``: the image and the mask (its logits, when given) bilinearly resized to
+    ``out_size``, the mask thresholded there, and the two multiplied.
+
+    Args:
+        image: (3, H, W) float in CLIP's normalised space, the padded network input (padding 0, the mean colour).
+        masks: (Q, H, W) over the same padded extent (the official code thresholds masks there): bool, or float
+            mask logits (binarised as ``sigmoid > threshold``).
+        style: "cropmask" | "mask" | "crop".
+        out_size: side S of the square outputs.
+        threshold: mask probability threshold for float masks.
+    Returns:
+        (Q, 3, S, S) float crops (never skipped: an empty mask gives a blank whole-image crop).
+    """
+    if style not in CROP_STYLES:
+        raise ValueError(f"unknown crop style {style!r}; known: {', '.join(CROP_STYLES)}")
+    if image.ndim != 3 or masks.ndim != 3 or image.shape[-2:] != masks.shape[-2:]:
+        raise ValueError(
+            f"image (3, H, W) and masks (Q, H, W) must share H, W: {tuple(image.shape)}, {tuple(masks.shape)}"
+        )
+    image = image.float()
+    if style == "mask":
+        size = (out_size, out_size)
+        small = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        resized = F.interpolate(masks[:, None].float(), size=size, mode="bilinear", align_corners=False)
+        keep = resized > 0.5 if masks.dtype == torch.bool else resized.sigmoid() > threshold
+        return small * keep
+    if masks.dtype != torch.bool:
+        masks = masks.sigmoid() > threshold
+    boxes = zegformer_boxes(masks)
+    if style == "crop":
+        rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
+        return roi_align(image[None], rois, out_size, aligned=True)
+    rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+    return roi_align(image[None] * masks[:, None], rois, out_size, aligned=True)
+
+
 class RegionCLIPClassifier(nn.Module):
     """Classifies image regions (masks) with the frozen CLIP image encoder.
 
     Holds only options; the CLIP model is an argument of :meth:`encode` / :meth:`forward`, so it is owned (and
-    kept out of checkpoints) by the meta-architecture. Runs without gradients, all crops of an image in chunks of
-    ``chunk_size``, under autocast on CUDA only.
+    kept out of checkpoints) by the meta-architecture. Runs without gradients, the crops of an image built and
+    encoded in chunks of ``chunk_size``, under autocast on CUDA only (``amp``).
     """
 
     @configurable
     def __init__(
         self,
         *,
+        procedure: str = "zegformer",
         style: str = "cropmask",
         expand_ratio: float = 1.0,
         mask_threshold: float = 0.5,
         chunk_size: int = 32,
-        logit_scale: float = 100.0,
+        logit_scale: float = 0.0,
         input_format: str = "BGR",
         amp: bool = True,
     ):
         """
         Args:
+            procedure: crop procedure, "zegformer" | "roi_align" (module docstring).
             style: crop style, "cropmask" | "mask" | "crop".
-            expand_ratio: scale of each mask's box before cropping.
+            expand_ratio: scale of each mask's box before cropping ("roi_align" only).
             mask_threshold: float mask logits are binarised as ``sigmoid(logit) > mask_threshold``.
             chunk_size: crops per image-encoder pass.
-            logit_scale: logits are ``logit_scale * cos(region, text)``.
+            logit_scale: logits are ``logit_scale * cos(region, text)``; <= 0: CLIP's own learned scale,
+                ``clip_model.logit_scale.exp()`` (the official code's).
             input_format: channel order of the 0-255 images passed in, "BGR" or "RGB".
             amp: autocast the image encoder when running on CUDA.
         """
         super().__init__()
+        if procedure not in CROP_PROCEDURES:
+            raise ValueError(f"unknown crop procedure {procedure!r}; known: {', '.join(CROP_PROCEDURES)}")
         if style not in CROP_STYLES:
             raise ValueError(f"unknown crop style {style!r}; known: {', '.join(CROP_STYLES)}")
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"unknown input format {input_format!r}; known: BGR, RGB")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if procedure == "zegformer" and expand_ratio != 1.0:
+            raise ValueError("the zegformer crop procedure does not expand boxes: use CROP_EXPAND_RATIO 1.0")
+        self.procedure = procedure
         self.style = style
         self.expand_ratio = expand_ratio
         self.mask_threshold = mask_threshold
@@ -207,14 +292,26 @@ class RegionCLIPClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         return {
+            "procedure": cfg.MODEL.CLIP.CROP_PROCEDURE,
             "style": cfg.MODEL.CLIP.CROP_STYLE,
             "expand_ratio": cfg.MODEL.CLIP.CROP_EXPAND_RATIO,
             "mask_threshold": cfg.MODEL.CLIP.MASK_THRESHOLD,
             "chunk_size": cfg.MODEL.CLIP.CHUNK_SIZE,
             "logit_scale": cfg.MODEL.CLIP.LOGIT_SCALE,
             "input_format": cfg.INPUT.FORMAT,
-            "amp": cfg.TEST.AMP,
+            "amp": cfg.MODEL.CLIP.AMP,
         }
+
+    @property
+    def crops_padded_input(self) -> bool:
+        """Whether masks are given over the padded network input (the zegformer procedure crops there)."""
+        return self.procedure == "zegformer"
+
+    def scale(self, clip_model: nn.Module) -> float:
+        """The multiplier of cosine similarities: ``logit_scale``, or CLIP's own when that is <= 0."""
+        if self.logit_scale > 0:
+            return self.logit_scale
+        return float(clip_model.logit_scale.detach().float().exp())
 
     def binarize(self, masks: Tensor, size: Tuple[int, int]) -> Tensor:
         """(Q, H, W) bool masks pass; (Q, h, w) float logits are resized to ``size``, thresholded → (Q, H, W) bool."""
@@ -228,6 +325,15 @@ class RegionCLIPClassifier(nn.Module):
             masks = F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=False)[0]
         return masks.sigmoid() > self.mask_threshold
 
+    def _crops(self, image: Tensor, masks: Tensor, out_size: int) -> Tensor:
+        """(3, H, W) normalised image, (M, H, W) masks → (M, 3, S, S) crops by :attr:`procedure`."""
+        if self.procedure == "zegformer":
+            return make_zegformer_crops(
+                image, masks, style=self.style, out_size=out_size, threshold=self.mask_threshold
+            )
+        crops, _ = make_region_crops(image, masks, style=self.style, out_size=out_size, expand_ratio=self.expand_ratio)
+        return crops
+
     @torch.no_grad()
     def encode(self, clip_model: nn.Module, image: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
         """CLIP image embeddings of the regions of one image.
@@ -235,29 +341,35 @@ class RegionCLIPClassifier(nn.Module):
         Args:
             clip_model: frozen OpenAI-format CLIP.
             image: (3, H, W) uint8/float 0-255 in ``input_format`` (a detectron2 input ``"image"``, unpadded).
-            masks: (Q, H, W) bool, or (Q, h, w) float mask logits (see :meth:`binarize`).
+            masks: (Q, H, W) bool, or (Q, h, w) float mask logits (see :meth:`binarize`). For the "zegformer"
+                procedure, float logits that cover at least the image, (Q, H', W') with H' >= H, W' >= W, are
+                taken as logits over the padded input: the image is padded with CLIP's mean colour to that extent
+                and the logits are thresholded there, as the official code does.
         Returns:
             embeddings: (Q, D) float32 on CLIP's device, L2-normalised; zero rows where ``valid`` is False (CLIP
                 is not run on them).
-            valid: (Q,) bool, False for empty masks.
+            valid: (Q,) bool, False for masks CLIP did not see (empty masks, "roi_align" procedure only).
         """
         device = clip_model.text_projection.device
-        image = image.to(device)
-        masks = self.binarize(masks.to(device), tuple(image.shape[-2:]))
-        valid = masks.flatten(1).any(dim=1)
+        image = normalize_for_clip(image.to(device), self.input_format)
+        masks = masks.to(device)
+        h, w = image.shape[-2:]
+        ph, pw = masks.shape[-2:]
+        if self.crops_padded_input and masks.dtype != torch.bool and ph >= h and pw >= w:
+            image = F.pad(image, (0, pw - w, 0, ph - h))
+            valid = torch.ones(len(masks), dtype=torch.bool, device=device)
+        else:
+            masks = self.binarize(masks, (h, w))
+            valid = torch.ones_like(masks[:, 0, 0]) if self.crops_padded_input else masks.flatten(1).any(dim=1)
         out = torch.zeros(masks.shape[0], int(clip_model.text_projection.shape[1]), device=device)
         if not bool(valid.any()):
             return out, valid
-        crops, _ = make_region_crops(
-            normalize_for_clip(image, self.input_format),
-            masks[valid],
-            style=self.style,
-            out_size=int(clip_model.visual.input_resolution),
-            expand_ratio=self.expand_ratio,
-        )
+        res = int(clip_model.visual.input_resolution)
+        feats = []
         with torch.autocast(device_type=device.type, enabled=self.amp and device.type == "cuda"):
-            feats = torch.cat([clip_model.encode_image(c).float() for c in crops.split(self.chunk_size)])
-        out[valid] = F.normalize(feats, dim=-1)
+            for chunk in masks[valid].split(self.chunk_size):
+                feats.append(clip_model.encode_image(self._crops(image, chunk, res)).float())
+        out[valid] = F.normalize(torch.cat(feats), dim=-1)
         return out, valid
 
     def forward(
@@ -269,9 +381,9 @@ class RegionCLIPClassifier(nn.Module):
             clip_model, image, masks: as in :meth:`encode`.
             text_embeddings: (K, D) L2-normalised class embeddings.
         Returns:
-            logits: (Q, K) ``logit_scale * cos``; rows of invalid regions are 0 (pass ``valid`` to the ensemble,
-                which treats them as neutral).
+            logits: (Q, K) ``scale · cos`` (see :meth:`scale`); rows of invalid regions are 0 (pass ``valid`` to the
+                ensemble, which treats them as neutral).
             valid: (Q,) bool.
         """
         emb, valid = self.encode(clip_model, image, masks)
-        return self.logit_scale * emb @ text_embeddings.to(emb).T, valid
+        return self.scale(clip_model) * emb @ text_embeddings.to(emb).T, valid

@@ -21,7 +21,7 @@ from ..vocabulary import check_vocabulary, dataset_vocabulary
 
 __all__ = [
     "OpenVocabSegmentor",
-    "build_clip_and_text_embedder",
+    "build_clip_and_text_embedders",
     "default_vocabularies",
     "keep_clip_out_of_checkpoints",
 ]
@@ -29,20 +29,36 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def build_clip_and_text_embedder(cfg: CfgNode) -> Tuple[nn.Module, TextEmbedder]:
-    """The frozen CLIP named by MODEL.CLIP.NAME and a cached text embedder.
+def build_clip_and_text_embedders(cfg: CfgNode) -> Tuple[nn.Module, Dict[str, Optional[TextEmbedder]]]:
+    """The frozen CLIP named by MODEL.CLIP.NAME and cached text embedders.
 
-    The embedder puts class names into the prompt templates MODEL.CLIP.TEMPLATES or, when
-    MODEL.CLIP.PROMPT_LEARNER.WEIGHTS names a file, after the learned context vectors stored there (any class
-    name works: the context is shared by all classes).
+    Returns ``(clip_model, {"text_embedder": ..., "test_text_embedder": ..., "region_text_embedder": ...})``: the
+    first puts class names into the prompt templates MODEL.CLIP.TEMPLATES (the training vocabulary's, and every
+    vocabulary's unless overridden); the second into MODEL.CLIP.TEST_TEMPLATES (the inference vocabulary's), the
+    third into MODEL.CLIP.REGION_TEMPLATES (the CLIP image branch's text side). An override left empty, or naming
+    the same set, gives ``None``: the embeddings are then shared. When MODEL.CLIP.PROMPT_LEARNER.WEIGHTS names a
+    file, the learned context vectors stored there serve every vocabulary (any class name works: the context is
+    shared by all classes).
     """
     clip_model = load_clip(cfg.MODEL.CLIP.NAME, device=cfg.MODEL.DEVICE, weights_dir=cfg.MODEL.CLIP.WEIGHTS_DIR or None)
     cache_dir = cfg.MODEL.CLIP.EMBED_CACHE_DIR or None
     if cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS:
         learner = load_prompt_learner(cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS, clip_model)
-        return clip_model, learner.text_embedder(clip_model, cache_dir=cache_dir)
-    templates = get_templates(cfg.MODEL.CLIP.TEMPLATES, custom=cfg.MODEL.CLIP.CUSTOM_TEMPLATES)
-    return clip_model, TextEmbedder(clip_model, templates, cache_dir=cache_dir)
+        embedder = learner.text_embedder(clip_model, cache_dir=cache_dir)
+        return clip_model, {"text_embedder": embedder, "test_text_embedder": None, "region_text_embedder": None}
+
+    def embedder_for(name: str) -> TextEmbedder:
+        templates = get_templates(name, custom=cfg.MODEL.CLIP.CUSTOM_TEMPLATES)
+        return TextEmbedder(clip_model, templates, cache_dir=cache_dir)
+
+    train_set = cfg.MODEL.CLIP.TEMPLATES
+    test_set = cfg.MODEL.CLIP.TEST_TEMPLATES or train_set
+    region_set = cfg.MODEL.CLIP.REGION_TEMPLATES or test_set
+    return clip_model, {
+        "text_embedder": embedder_for(train_set),
+        "test_text_embedder": embedder_for(test_set) if test_set != train_set else None,
+        "region_text_embedder": embedder_for(region_set) if region_set != test_set else None,
+    }
 
 
 def open_vocab_config(cfg: CfgNode) -> Dict[str, object]:
@@ -53,11 +69,11 @@ def open_vocab_config(cfg: CfgNode) -> Dict[str, object]:
     training crops may additionally be padded by the mapper (INPUT.SIZE_DIVISIBILITY), never test images.
     """
     backbone = build_backbone(cfg)
-    clip_model, text_embedder = build_clip_and_text_embedder(cfg)
+    clip_model, text_embedders = build_clip_and_text_embedders(cfg)
     return {
         "backbone": backbone,
         "clip_model": clip_model,
-        "text_embedder": text_embedder,
+        **text_embedders,
         **default_vocabularies(cfg),
         "pixel_mean": cfg.MODEL.PIXEL_MEAN,
         "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -94,6 +110,8 @@ class OpenVocabSegmentor(nn.Module):
         backbone: nn.Module,
         clip_model: nn.Module,
         text_embedder: Callable[[Sequence[str]], Tensor],
+        test_text_embedder: Optional[Callable[[Sequence[str]], Tensor]] = None,
+        region_text_embedder: Optional[Callable[[Sequence[str]], Tensor]] = None,
         train_class_names: Sequence[str],
         test_class_names: Sequence[str],
         test_unseen: Optional[Sequence[bool]] = None,
@@ -107,6 +125,9 @@ class OpenVocabSegmentor(nn.Module):
             backbone: a detectron2 backbone.
             clip_model: frozen OpenAI-format CLIP (its image tower is used by subclasses with a CLIP image branch).
             text_embedder: maps class names to (K, D) L2-normalised text embeddings (cached).
+            test_text_embedder: the same for the inference vocabulary (``None``: ``text_embedder``).
+            region_text_embedder: the same for the CLIP image branch's text side (``None``: as the inference
+                vocabulary's segment classifier).
             train_class_names: vocabulary during training (seen classes); may be empty for inference-only models.
             test_class_names: vocabulary at inference.
             test_unseen: (K,) which inference classes are unseen; ``None`` → all unseen.
@@ -118,6 +139,8 @@ class OpenVocabSegmentor(nn.Module):
         self.backbone = backbone
         self.clip_model = clip_model
         self.text_embedder = text_embedder
+        self.test_text_embedder = test_text_embedder or text_embedder
+        self.region_text_embedder = region_text_embedder
         self.size_divisibility = size_divisibility
         self.input_format = input_format
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
@@ -127,15 +150,16 @@ class OpenVocabSegmentor(nn.Module):
         self.train_class_names: List[str] = list(train_class_names)
         self.register_buffer("train_text_embeddings", self._embed(self.train_class_names), persistent=False)
         self.register_buffer("test_text_embeddings", torch.empty(0), persistent=False)
+        self.register_buffer("test_region_text_embeddings", torch.empty(0), persistent=False)
         self.register_buffer("test_unseen_mask", torch.empty(0, dtype=torch.bool), persistent=False)
         self.set_vocabulary(test_class_names, test_unseen=test_unseen)
 
     # ----------------------------------------------------------------------------------------------- vocabulary
     @torch.no_grad()
-    def _embed(self, names: Sequence[str]) -> Tensor:
+    def _embed(self, names: Sequence[str], embedder: Optional[Callable[[Sequence[str]], Tensor]] = None) -> Tensor:
         if not names:
             return torch.empty(0)
-        return self.text_embedder(list(names)).float().to(self.pixel_mean.device)
+        return (embedder or self.text_embedder)(list(names)).float().to(self.pixel_mean.device)
 
     def set_vocabulary(
         self,
@@ -160,7 +184,9 @@ class OpenVocabSegmentor(nn.Module):
                 raise ValueError(f"test_unseen has {len(test_unseen)} entries for {len(names)} classes")
             unseen = [bool(u) for u in test_unseen]
         self.test_class_names = names
-        self.test_text_embeddings = self._embed(names)
+        self.test_text_embeddings = self._embed(names, self.test_text_embedder)
+        if self.region_text_embedder is not None:
+            self.test_region_text_embeddings = self._embed(names, self.region_text_embedder)
         self.test_unseen_mask = torch.tensor(unseen, dtype=torch.bool, device=self.pixel_mean.device)
         logger.info("Vocabulary: %d classes (%d unseen)", len(names), sum(unseen))
 
@@ -173,6 +199,13 @@ class OpenVocabSegmentor(nn.Module):
     def text_embeddings(self) -> Tensor:
         """(K, D) L2-normalised text embeddings of :attr:`class_names`."""
         return self.train_text_embeddings if self.training else self.test_text_embeddings
+
+    @property
+    def region_text_embeddings(self) -> Tensor:
+        """(K, D) text embeddings the CLIP image branch compares crops with (inference vocabulary)."""
+        if self.region_text_embedder is None:
+            return self.test_text_embeddings
+        return self.test_region_text_embeddings
 
     # ------------------------------------------------------------------------------------------------ plumbing
     @property

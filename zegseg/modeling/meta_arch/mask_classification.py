@@ -4,9 +4,11 @@ backbone → pixel decoder → DETR-style transformer decoder → per query (a) 
 per-pixel mask features into a class-agnostic mask, and (b) a segment embedding, classified by cosine similarity
 against the CLIP text embeddings of the vocabulary plus a learnable "no object" embedding. Training uses the
 Hungarian-matched set criterion. At inference the meta-architectures give each query a class distribution
-(:meth:`classify_segments`: ensembles with the frozen CLIP image encoder); :meth:`segment_image` then resizes the
-Q mask logits to the output size *before* assembling the K-class map, as MaskFormer does, so that the per-image
-cost of the assembly grows with K only through one (K, H, W) product.
+(:meth:`classify_segments`: ensembles with the frozen CLIP image encoder); :meth:`segment_image` then assembles
+the K-class map at the padded input size and crops and resizes it to the output, as the official MaskFormer,
+ZegFormer and simple-baseline code do. ``TEST.RESIZE_MASKS_FIRST`` instead resizes the Q mask logits to the output
+first and builds the map once, at the output size (zegseg's faster order for large vocabularies; the two differ
+by bilinear interpolation of a sigmoid versus a sigmoid of interpolated logits).
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         region_classifier: Optional[RegionCLIPClassifier] = None,
         query_selector: Optional[QuerySelector] = None,
         amp: bool = True,
+        resize_masks_first: bool = False,
         **kwargs,
     ):
         """
@@ -66,6 +69,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             region_classifier: the frozen-CLIP image branch used at inference (``None``: none).
             query_selector: fast mode, which queries go to CLIP (``None``: exact mode, all of them).
             amp: autocast the segmentation network at inference on CUDA.
+            resize_masks_first: resize the mask logits to the output before assembling the K-class map (see the
+                module docstring); False: the official order.
             kwargs: see :class:`OpenVocabSegmentor`.
         """
         super().__init__(**kwargs)
@@ -83,6 +88,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         self.region_classifier = region_classifier
         self.query_selector = query_selector
         self.amp = amp
+        self.resize_masks_first = resize_masks_first
 
     @classmethod
     def network_config(
@@ -113,6 +119,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             "region_classifier": RegionCLIPClassifier(cfg) if clip_image_branch else None,
             "query_selector": build_query_selector(cfg) if clip_image_branch else None,
             "amp": cfg.TEST.AMP,
+            "resize_masks_first": cfg.TEST.RESIZE_MASKS_FIRST,
         }
 
     def predict(self, images: Tensor) -> Dict[str, Tensor]:
@@ -177,9 +184,9 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
     ) -> Tensor:
         """Per-pixel class scores of one image: ``scores[c] = sum_q p(c | q) · sigmoid(mask_q)``.
 
-        The mask logits are upsampled to the padded input, cropped to ``image_size`` and resized to
-        ``output_size`` (MaskFormer's order: logits are resized, then passed through the sigmoid), so only Q
-        channels are ever resized and the K-class map is built once, at the output size.
+        The mask logits are upsampled to the padded input; the map is built there and cropped to ``image_size``
+        and resized to ``output_size`` (the official order), or, with ``resize_masks_first``, the logits are
+        cropped and resized first and the map is built once, at the output size.
 
         Args:
             image: (3, H, W) the unnormalised input image (for CLIP crops).
@@ -194,8 +201,11 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         if self.region_classifier is not None and self.query_selector is not None and self.query_selector.certify:
             return self.certified_map(image, logits, masks, image_size, (height, width))
         probs, masks = self.classify_segments(image, logits, masks, image_size)
-        masks = self.resize_to_output(masks, image_size, height, width)
-        return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
+        if self.resize_masks_first:
+            masks = self.resize_to_output(masks, image_size, height, width)
+            return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
+        scores = semantic_inference(probs, masks, cls_probs=True)
+        return self.calibrate_scores(self.resize_to_output(scores, image_size, height, width))
 
     def classify_segments(
         self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]
@@ -333,14 +343,17 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             source: (Q,) optional; query ``i`` takes the view of query ``source[i]`` and only the distinct sources
                 are cropped (fast mode's near-duplicates). ``None``: every query is cropped.
         Returns:
-            logits: (Q, K) ``logit_scale · cos(crop, text)`` against the vocabulary (0 where not ``valid``).
-            valid: (Q,) bool, False for masks with no pixel above the threshold (CLIP did not see them).
+            logits: (Q, K) ``logit_scale · cos(crop, text)`` against the vocabulary's region text embeddings
+                (0 where not ``valid``).
+            valid: (Q,) bool, False for masks CLIP did not see (see :class:`RegionCLIPClassifier`).
         """
         h, w = image_size
-        masks = masks[:, :h, :w]
+        if not self.region_classifier.crops_padded_input:
+            masks = masks[:, :h, :w]
         image = image.to(self.device)
+        text = self.region_text_embeddings
         if source is None:
-            return self.region_classifier(self.clip_model, image, masks, self.text_embeddings)
+            return self.region_classifier(self.clip_model, image, masks, text)
         cropped, inverse = torch.unique(source, return_inverse=True)
-        logits, valid = self.region_classifier(self.clip_model, image, masks[cropped], self.text_embeddings)
+        logits, valid = self.region_classifier(self.clip_model, image, masks[cropped], text)
         return logits[inverse], valid[inverse]

@@ -8,7 +8,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
-from ..inference import calibrate, ensemble_probs
+from ..inference import calibrate, ensemble_logits, ensemble_probs
 from .mask_classification import MaskClassificationSegmentor
 
 __all__ = ["ZegFormer"]
@@ -35,6 +35,7 @@ class ZegFormer(MaskClassificationSegmentor):
         ensemble_mode: str = "seen_unseen",
         mean_seen_clip: bool = True,
         calibration_gamma: float = 0.0,
+        clip_no_object: bool = True,
         **kwargs,
     ):
         """
@@ -43,6 +44,9 @@ class ZegFormer(MaskClassificationSegmentor):
             ensemble_mode: "seen_unseen" (the paper's rule) or "all" (lambda towards CLIP for every class).
             mean_seen_clip: replace CLIP's seen-class probabilities by their mean (ZegFormer's reference code).
             calibration_gamma: subtracted from seen-class scores of the semantic map at inference.
+            clip_no_object: append the segment's "no object" logit to CLIP's logits before their softmax and drop
+                it after (the official code: a query that is probably "no object" gets small CLIP probabilities);
+                False: CLIP's softmax over the K classes only.
             kwargs: see :class:`MaskClassificationSegmentor` (the segment embedding is one linear layer here;
                 ``region_classifier=None`` disables the CLIP image branch) and :class:`OpenVocabSegmentor`.
         """
@@ -51,6 +55,7 @@ class ZegFormer(MaskClassificationSegmentor):
         self.ensemble_mode = ensemble_mode
         self.mean_seen_clip = mean_seen_clip
         self.calibration_gamma = calibration_gamma
+        self.clip_no_object = clip_no_object
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -63,19 +68,22 @@ class ZegFormer(MaskClassificationSegmentor):
             "ensemble_mode": zf.ENSEMBLE_MODE,
             "mean_seen_clip": zf.MEAN_SEEN_CLIP,
             "calibration_gamma": zf.CALIBRATION_GAMMA,
+            "clip_no_object": zf.CLIP_NO_OBJECT,
         }
 
     def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
         """(M, K + 1), (M, K), (M,) → (M, K): segment-classifier and CLIP probabilities ensembled with λ (see
-        :func:`~zegseg.modeling.inference.ensemble_probs`; an empty mask's CLIP abstains)."""
-        return ensemble_probs(
-            logits.softmax(-1)[:, :-1],
-            clip_logits.softmax(-1),
+        :func:`~zegseg.modeling.inference.ensemble_logits`; CLIP abstains where ``valid`` is False, which only the
+        "roi_align" crop procedure produces, for empty masks)."""
+        return ensemble_logits(
+            logits,
+            clip_logits,
             self.test_unseen_mask,
             self.ensemble_lambda,
             mode=self.ensemble_mode,
             mean_seen_clip=self.mean_seen_clip,
             clip_valid=valid,
+            clip_no_object=self.clip_no_object,
         )
 
     def calibrate_scores(self, scores: Tensor) -> Tensor:
