@@ -18,6 +18,7 @@ def add_zegseg_config(cfg: CN) -> None:
     _add_meta_arch_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+    cfg.MODEL.WEIGHTS_PARTIAL_OK = False  # load MODEL.WEIGHTS even if it lacks or mismatches parameters (warned)
     cfg.ZEGSEG_VERSION = 1  # version of this config schema; bumped when keys change meaning
     object.__setattr__(cfg, "_zegseg_keys_added", True)
 
@@ -34,13 +35,17 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.NAME = "ViT-B/16"  # an OpenAI CLIP name (looked up in WEIGHTS_DIR), "ToyCLIP", or a file path
     cfg.MODEL.CLIP.WEIGHTS_DIR = ""  # directory holding named CLIP checkpoints ("": $ZEGSEG_CLIP_DIR or ~/.cache/clip)
     cfg.MODEL.CLIP.TEMPLATES = "vild"  # prompt set: a name in zegseg.modeling.clip.prompts.TEMPLATE_SETS, or custom
+    cfg.MODEL.CLIP.TEST_TEMPLATES = ""  # prompt set of the inference vocabulary's text embeddings ("": TEMPLATES)
+    cfg.MODEL.CLIP.REGION_TEMPLATES = ""  # prompt set of the CLIP image branch's text side ("": as TEST_TEMPLATES)
     cfg.MODEL.CLIP.CUSTOM_TEMPLATES = []  # templates with one "{}" each, used when TEMPLATES is "custom"
     cfg.MODEL.CLIP.EMBED_CACHE_DIR = ""  # on-disk text-embedding cache ("": ~/.cache/zegseg/text_embeddings)
+    cfg.MODEL.CLIP.CROP_PROCEDURE = "zegformer"  # how masks become CLIP crops: zegformer (official) | roi_align
     cfg.MODEL.CLIP.CROP_STYLE = "cropmask"  # region crops for the image branch: cropmask | mask | crop
     cfg.MODEL.CLIP.MASK_THRESHOLD = 0.5  # a query's pixels are those with sigmoid(mask logit) above this
-    cfg.MODEL.CLIP.CROP_EXPAND_RATIO = 1.0  # scale each mask's box by this before cropping
+    cfg.MODEL.CLIP.CROP_EXPAND_RATIO = 1.0  # scale each mask's box by this before cropping (not "zegformer")
     cfg.MODEL.CLIP.CHUNK_SIZE = 32  # crops per CLIP image-encoder forward (bounds memory)
-    cfg.MODEL.CLIP.LOGIT_SCALE = 100.0  # multiplier of the cosine similarity of crop and text embeddings
+    cfg.MODEL.CLIP.LOGIT_SCALE = 0.0  # multiplier of crop-text cosines; <= 0: CLIP's own logit_scale.exp()
+    cfg.MODEL.CLIP.AMP = True  # autocast CLIP's image encoder on GPU (the official ZegFormer runs CLIP in fp16)
     cfg.MODEL.CLIP.FAST_MODE = CN()  # approximate inference: fewer crops to CLIP (zegseg.modeling.query_selection)
     cfg.MODEL.CLIP.FAST_MODE.ENABLED = False  # False: exact mode, every query's crop goes to CLIP
     cfg.MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION = 0.8  # queries below this contribution bound: dropped (CERTIFY: not
@@ -56,6 +61,12 @@ def _add_clip_config(cfg: CN) -> None:
 
 
 def _add_mask_model_config(cfg: CN) -> None:
+    # detectron2's DeepLab ResNet (MODEL.BACKBONE.NAME "build_resnet_deeplab_backbone", the two-stage paper's "R-101c")
+    # reads three more keys; same names and defaults as detectron2.projects.deeplab's add_deeplab_config.
+    cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"  # DeepLab backbone's stem: deeplab (three 3x3 convs) | basic (one 7x7)
+    cfg.MODEL.RESNETS.RES4_DILATION = 1  # DeepLab backbone: dilation of res4 (1 or 2)
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]  # DeepLab backbone: res5's per-block dilations, times RES5_DILATION
+
     # detectron2's DeepLab ResNet (MODEL.BACKBONE.NAME "build_resnet_deeplab_backbone", the two-stage paper's "R-101c")
     # reads three more keys; same names and defaults as detectron2.projects.deeplab's add_deeplab_config.
     cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"  # DeepLab backbone's stem: deeplab (three 3x3 convs) | basic (one 7x7)
@@ -98,6 +109,7 @@ def _add_meta_arch_config(cfg: CN) -> None:
     cfg.MODEL.ZEGFORMER.ENSEMBLE_MODE = "seen_unseen"  # seen_unseen (paper's rule) | all (every class as unseen)
     cfg.MODEL.ZEGFORMER.MEAN_SEEN_CLIP = True  # replace CLIP's seen-class probabilities by their mean (reference code)
     cfg.MODEL.ZEGFORMER.CALIBRATION_GAMMA = 0.0  # gamma subtracted from seen-class scores at inference
+    cfg.MODEL.ZEGFORMER.CLIP_NO_OBJECT = True  # CLIP's softmax includes the segment's no-object logit (official)
 
     cfg.MODEL.TWO_STAGE = CN()
     cfg.MODEL.TWO_STAGE.LOGIT_SCALE = 100.0  # proposal logits: this times cos(proposal, text) (+ "no object")
@@ -115,7 +127,7 @@ def _add_meta_arch_config(cfg: CN) -> None:
 def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD (SGD uses SOLVER.MOMENTUM and SOLVER.NESTEROV)
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # learning-rate multiplier of parameters under modules named "backbone"
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of nn.Embedding weights and parameters named "*embed*"
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of nn.Embedding weights (the queries; MaskFormer's rule)
     # The two keys below are the ones detectron2.projects.deeplab reads for its WarmupPolyLR; zegseg defines them
     # here (same names and defaults as deeplab's add_deeplab_config, which zegseg does not call).
     cfg.SOLVER.POLY_LR_POWER = 0.9  # power of the poly schedule (LR_SCHEDULER_NAME "WarmupPolyLR")
@@ -126,4 +138,5 @@ def _add_solver_config(cfg: CN) -> None:
 def _add_test_config(cfg: CN) -> None:
     cfg.TEST.VOCABULARY = []  # class names to segment at inference ([]: the classes of DATASETS.TEST[0])
     cfg.TEST.UNSEEN_CLASSES = []  # names in TEST.VOCABULARY treated as unseen (with a custom vocabulary)
-    cfg.TEST.AMP = True  # autocast on GPU at inference (CPU always runs fp32)
+    cfg.TEST.AMP = True  # autocast the segmentation network on GPU at inference (CPU always runs fp32)
+    cfg.TEST.RESIZE_MASKS_FIRST = False  # resize the Q mask logits, not the K-class map, to the output (faster)
