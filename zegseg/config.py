@@ -67,12 +67,6 @@ def _add_mask_model_config(cfg: CN) -> None:
     cfg.MODEL.RESNETS.RES4_DILATION = 1  # DeepLab backbone: dilation of res4 (1 or 2)
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]  # DeepLab backbone: res5's per-block dilations, times RES5_DILATION
 
-    # detectron2's DeepLab ResNet (MODEL.BACKBONE.NAME "build_resnet_deeplab_backbone", the two-stage paper's "R-101c")
-    # reads three more keys; same names and defaults as detectron2.projects.deeplab's add_deeplab_config.
-    cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"  # DeepLab backbone's stem: deeplab (three 3x3 convs) | basic (one 7x7)
-    cfg.MODEL.RESNETS.RES4_DILATION = 1  # DeepLab backbone: dilation of res4 (1 or 2)
-    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]  # DeepLab backbone: res5's per-block dilations, times RES5_DILATION
-
     cfg.MODEL.PIXEL_DECODER = CN()
     cfg.MODEL.PIXEL_DECODER.NAME = "FPNPixelDecoder"  # a name in zegseg.modeling.pixel_decoder.PIXEL_DECODER_REGISTRY
     cfg.MODEL.PIXEL_DECODER.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # FPN inputs; finest sets mask stride
