@@ -7,10 +7,12 @@ A user mistake (config, weights, CLIP file, dataset) ends with one ``error: ...`
 """
 import sys
 
+import zegseg  # noqa: F401  (first: registers everything and silences known third-party import warnings)
+
+# isort: split
 from detectron2.engine import default_argument_parser, launch
 from torch.multiprocessing import ProcessExitedException
 
-import zegseg  # noqa: F401  (registers datasets, mappers, evaluators and meta-architectures)
 from zegseg.checkpoint import CheckpointError, ZegsegCheckpointer
 from zegseg.engine import ZegsegTrainer, preflight, setup_cfg
 

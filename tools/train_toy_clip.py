@@ -24,6 +24,9 @@ from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
+import zegseg  # noqa: F401  (first: its import silences clip's known import-time warning)
+
+# isort: split
 import clip
 import clip.model
 import cv2

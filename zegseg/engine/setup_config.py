@@ -26,10 +26,19 @@ def get_zegseg_cfg() -> CfgNode:
     return cfg
 
 
+_warned_devices: set = set()  # CUDA devices asked for without a GPU, warned about once per process
+
+
 def resolve_device(cfg: CfgNode) -> None:
-    """Run on CPU when the config asks for CUDA on a machine without a GPU (logged, not silent)."""
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE is %r but no GPU is available: running on CPU", cfg.MODEL.DEVICE)
+    """Set MODEL.DEVICE to a device that exists: "auto" → "cuda" when a GPU is available, else "cpu" (silently);
+    "cuda..." on a machine without a GPU → "cpu", with a warning (once per process)."""
+    device = cfg.MODEL.DEVICE
+    if device == "auto":
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        if device not in _warned_devices:
+            _warned_devices.add(device)
+            logger.warning("MODEL.DEVICE is %r but no GPU is available: running on CPU", device)
         cfg.MODEL.DEVICE = "cpu"
 
 

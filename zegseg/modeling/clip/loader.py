@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Dict, Optional, Union
 import torch
 from clip import clip as _openai_clip
 from clip.model import CLIP, build_model
+
+from ...utils.known_warnings import known_warnings_silenced
 
 __all__ = [
     "BUILTIN_CLIP_MODELS",
@@ -88,8 +89,7 @@ def _is_torchscript(path: Path) -> bool:
 def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     """State dict of a TorchScript archive (OpenAI's releases) or of a plain/wrapped state-dict checkpoint."""
     if _is_torchscript(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        with known_warnings_silenced():  # torch.jit.load's deprecation notice
             return torch.jit.load(str(path), map_location="cpu").eval().state_dict()
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
