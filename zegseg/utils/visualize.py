@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from functools import cache
+from functools import cache, lru_cache
 from itertools import groupby
 from pathlib import Path
 from typing import FrozenSet, List, Optional, Sequence, Tuple
@@ -227,7 +227,7 @@ def _warn_undrawable(name: str, missing: str, label: str) -> None:
     )
 
 
-@cache
+@lru_cache(maxsize=4096)  # legend rows ("name  12.3%") of video frames are many: bounded
 def _font_plan(text: str) -> Tuple[str, str]:
     """The font file to draw ``text`` with (``""``: Pillow's built-in font) and the text to draw: ``text`` itself
     when one font has all its characters, else, in the font that has most of them, ``text`` with each run of
