@@ -10,10 +10,13 @@ file (nothing processed), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from glob import glob
@@ -31,6 +34,7 @@ from zegseg.engine.setup_config import ConfigError, load_config
 from zegseg.modeling.clip.loader import ClipWeightsNotFoundError
 from zegseg.modeling.vocabulary import check_vocabulary, normalise_class, parse_vocabulary
 from zegseg.predictor import Predictor, SegmentationResult
+from zegseg.utils.atomic_io import atomic_write, temporary_path
 from zegseg.utils.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
 from zegseg.utils.visualize import (
     add_legend,
@@ -175,8 +179,9 @@ def _is_within(path: Path, folder: Path) -> bool:
 def collect_inputs(image_specs: Sequence[str], video_specs: Sequence[str], output_dir: Path) -> Inputs:
     """Expand files, folders and globs into input files with unique output stems.
 
-    Folders are searched recursively for the endings in IMAGE_EXTENSIONS (files under the output folder are
-    left out); a file named explicitly or matched by a glob is tried whatever its ending.
+    Folders are searched recursively for the endings in IMAGE_EXTENSIONS; a file named explicitly or matched by
+    a glob is tried whatever its ending. Files under the output folder are left out of folders and globs (the
+    demo never segments its own results); a file named explicitly is taken as it is.
     """
     found = Inputs()
     out = output_dir.resolve()
@@ -214,9 +219,11 @@ def collect_inputs(image_specs: Sequence[str], video_specs: Sequence[str], outpu
                 add(target, path, path.stem)
             elif any(c in spec for c in "*?["):
                 matches = sorted(Path(m) for m in glob(os.path.expanduser(spec), recursive=True))
-                files = [m for m in matches if m.is_file()]
+                files = [m for m in matches if m.is_file() and not _is_within(m, out)]
+                if len(files) < sum(m.is_file() for m in matches):
+                    logger.info("%s %s: files under the output folder %s left out", kind, spec, output_dir)
                 if not files:
-                    found.missing.append(f"{kind} {spec}: no files match")
+                    found.missing.append(f"{kind} {spec}: no files match (outside the output folder)")
                 for f in files:
                     add(target, f, f.stem)
             elif path.is_dir():
@@ -246,8 +253,35 @@ class Summary:
         )
 
 
-def _existing(paths: Sequence[Path]) -> List[Path]:
-    return [p for p in paths if p.exists()]
+def result_is_complete(files: Sequence[Path], report: Path) -> bool:
+    """Whether an earlier run finished this result: its JSON report, always written last, is complete and every
+    other file exists (each file is written atomically, so an existing file is whole)."""
+    try:
+        json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(p.is_file() for p in files)
+
+
+def _skip_or_restart(path: Path, files: Sequence[Path], report: Path, args) -> bool:
+    """True: keep the complete earlier result. False: (re)do it; an incomplete one is announced."""
+    if not args.overwrite and result_is_complete(files, report):
+        logger.warning("%s: skipped, its results exist (%s; use --overwrite)", path, report)
+        return True
+    if not args.overwrite and any(p.exists() for p in [*files, report]):
+        logger.info("%s: the results of an interrupted run are incomplete: redoing them", path)
+    report.unlink(missing_ok=True)  # the completion marker goes first and comes back last
+    return False
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path) as f:
+        Image.fromarray(array).save(f, format="PNG")
+
+
+def _write_json(path: Path, data: Dict[str, object]) -> None:
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _remove(paths: Sequence[Path]) -> None:
@@ -267,12 +301,10 @@ def _render(
 def write_image_outputs(
     path: Path, image_rgb: np.ndarray, result: SegmentationResult, targets: Dict[str, Path], args, palette
 ) -> None:
-    """Overlay PNG, label-map PNG and JSON summary of one image."""
-    for target in targets.values():
-        target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_render(image_rgb, result, palette, args.alpha)).save(targets["overlay"])
+    """Overlay PNG, label-map PNG and, last, the JSON summary of one image; each file written atomically."""
+    _write_png(targets["overlay"], _render(image_rgb, result, palette, args.alpha))
     labels = result.label_image()
-    Image.fromarray(labels).save(targets["labels"])
+    _write_png(targets["labels"], labels)
     summary = {
         "input": str(path),
         **result.to_dict(),
@@ -282,7 +314,7 @@ def write_image_outputs(
         "unknown_label": int(np.iinfo(labels.dtype).max),
         "overlay": targets["overlay"].name,
     }
-    targets["json"].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_json(targets["json"], summary)
 
 
 def process_images(
@@ -298,9 +330,7 @@ def process_images(
                 "labels": output_dir / f"{stem}{LABELS_SUFFIX}",
                 "json": output_dir / f"{stem}.json",
             }
-            existing = _existing(list(targets.values()))
-            if existing and not args.overwrite:
-                logger.warning("%s: skipped, %s exists (use --overwrite)", path, existing[0])
+            if _skip_or_restart(path, [targets["overlay"], targets["labels"]], targets["json"], args):
                 summary.skipped += 1
                 bar.update()
                 continue
@@ -342,15 +372,17 @@ def _predict_isolating_failures(predictor: Predictor, batch, summary: Summary) -
 
 
 def process_video(predictor: Predictor, path: Path, stem: str, output_dir: Path, args, summary: Summary) -> None:
-    """Write ``<stem>_overlay.mp4`` (frames with class colours and a legend) and ``<stem>.json``."""
+    """Write ``<stem>_overlay.mp4`` (frames with class colours and a legend) and, last, ``<stem>.json``.
+
+    The video is encoded under a temporary name and renamed when complete; an interrupted video leaves nothing.
+    """
     target, report = output_dir / f"{stem}{VIDEO_SUFFIX}", output_dir / f"{stem}.json"
-    existing = _existing([target, report])
-    if existing and not args.overwrite:
-        logger.warning("%s: skipped, %s exists (use --overwrite)", path, existing[0])
+    if _skip_or_restart(path, [target], report, args):
         summary.skipped += 1
         return
     capture = cv2.VideoCapture(str(path))
     writer = bar = None
+    partial = temporary_path(target, suffix=".mp4")  # OpenCV picks the container from the ending
     try:
         ok, frame = capture.read() if capture.isOpened() else (False, None)
         if not ok:
@@ -365,7 +397,7 @@ def process_video(predictor: Predictor, path: Path, stem: str, output_dir: Path,
         font_size = legend_font_size(height)
         panel = legend_width(vocabulary, font_size)
         target.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width + panel, height))
+        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width + panel, height))
         if not writer.isOpened():
             logger.error("%s: cannot open %s for writing (mp4v)", path, target)
             summary.failed += 1
@@ -393,40 +425,37 @@ def process_video(predictor: Predictor, path: Path, stem: str, output_dir: Path,
             bar.update(len(batch))
         bar.close()
         writer.release()
+        os.replace(partial, target)
         if total is not None and frames < total:
             logger.warning("%s: decoded %d of %d frames", path, frames, total)
         pixels = max(int(counts.sum()), 1)
-        report.write_text(
-            json.dumps(
-                {
-                    "input": str(path),
-                    "frames": frames,
-                    "fps": fps,
-                    "height": height,
-                    "width": width,
-                    "vocabulary": vocabulary,
-                    "confidence_threshold": args.confidence_threshold,
-                    "fractions": {n: float(c) / pixels for n, c in zip(vocabulary, counts[1:])},
-                    "unknown_fraction": float(counts[0]) / pixels,
-                    "overlay": target.name,
-                },
-                indent=2,
-                ensure_ascii=False,
-            )
-            + "\n",
-            encoding="utf-8",
+        _write_json(
+            report,
+            {
+                "input": str(path),
+                "frames": frames,
+                "fps": fps,
+                "height": height,
+                "width": width,
+                "vocabulary": vocabulary,
+                "confidence_threshold": args.confidence_threshold,
+                "fractions": {n: float(c) / pixels for n, c in zip(vocabulary, counts[1:])},
+                "unknown_fraction": float(counts[0]) / pixels,
+                "overlay": target.name,
+            },
         )
         summary.done += 1
         summary.videos += 1
         summary.frames += frames
     except Exception as e:
-        if writer is not None:
-            writer.release()
         _remove([target, report])
         logger.error("%s: video failed (%s: %s)", path, type(e).__name__, e)
         logger.debug("traceback", exc_info=True)
         summary.failed += 1
-    finally:
+    finally:  # also on Ctrl-C: no half-written video stays behind
+        if writer is not None:
+            writer.release()
+        partial.unlink(missing_ok=True)
         if bar is not None:
             bar.close()
         capture.release()
@@ -460,6 +489,23 @@ def _setup_logging() -> Tuple[logging.Handler, int]:
     root.setLevel(logging.WARNING)
     logger.setLevel(logging.INFO)
     return handler, previous
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Let a kill (SIGTERM) unwind like Ctrl-C, so that no temporary file is left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load_cfg(args: argparse.Namespace) -> CfgNode:
@@ -525,10 +571,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             names = predictor.vocabulary
             logger.info("%d classes: %s%s", len(names), "; ".join(names[:20]), " ..." if len(names) > 20 else "")
             summary.start = time.perf_counter()
-            if inputs.images:
-                process_images(predictor, inputs.images, output_dir, args, summary)
-            for path, stem in inputs.videos:
-                process_video(predictor, path, stem, output_dir, args, summary)
+            with _sigterm_as_interrupt():
+                if inputs.images:
+                    process_images(predictor, inputs.images, output_dir, args, summary)
+                for path, stem in inputs.videos:
+                    process_video(predictor, path, stem, output_dir, args, summary)
         logger.info("%s", summary.line())
         return 1 if summary.failed else 0
     except UsageError as e:

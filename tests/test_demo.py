@@ -189,10 +189,10 @@ def test_read_image_conversions(mixed_inputs, tmp_path):
 def test_no_overwrite_without_flag(demo, opts, mixed_inputs, tmp_path):
     image = mixed_inputs / "images" / "good.png"
     assert run(demo, "--input", image, "--output", tmp_path, "--vocabulary", VOCAB, opts=opts)[0] == 0
-    (tmp_path / "good.json").write_text("sentinel")
+    (tmp_path / "good.json").write_text('{"sentinel": 1}')  # a complete result: JSON with every file present
     code, log = run(demo, "--input", image, "--output", tmp_path, "--vocabulary", VOCAB, opts=opts)
     assert code == 0 and "0 done, 0 failed, 1 skipped" in log and "--overwrite" in log
-    assert (tmp_path / "good.json").read_text() == "sentinel"
+    assert (tmp_path / "good.json").read_text() == '{"sentinel": 1}'
     code, log = run(demo, "--input", image, "--output", tmp_path, "--vocabulary", VOCAB, "--overwrite", opts=opts)
     assert code == 0 and "1 done" in log
     assert json.loads((tmp_path / "good.json").read_text())["vocabulary"] == ["sky", "grass", "tv, monitor"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 
 import torch
@@ -9,12 +10,15 @@ from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ZegsegCheckpointer
 from ..data.dataset_mappers import build_train_mapper
 from ..evaluation import build_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
+from .metrics_writer import ResumableJSONWriter
 
 __all__ = ["ZegsegTrainer"]
 
@@ -58,6 +62,16 @@ class ZegsegTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_writers(self):
+        """detectron2's writers, with a metrics.json that holds each iteration once across resumes."""
+        PathManager.mkdirs(self.cfg.OUTPUT_DIR)
+        trainer = weakref.proxy(self)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            ResumableJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), lambda: trainer.start_iter),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
