@@ -10,8 +10,10 @@ from zegseg.data.toy.generate import generate_toy_world
 from zegseg.engine import ZegsegTrainer
 from zegseg.engine.setup_config import load_config
 from zegseg.modeling.clip import load_clip
+from zegseg.modeling.clip.baseline_crops import simple_baseline_crops
 from zegseg.modeling.clip.prompt_learner import PromptLearner
 from zegseg.modeling.clip.prompts import get_templates
+from zegseg.modeling.clip.region_encoder import normalize_for_clip
 from zegseg.modeling.clip.text_encoder import TextEmbedder
 from zegseg.modeling.mlp import MLP
 
@@ -114,8 +116,11 @@ def test_ensemble_matches_hand_computation(tiny_clip_path, weight):
     torch.testing.assert_close(got, torch.einsum("qk,qhw->khw", expected_p, up))  # padding cropped off
 
 
-def test_empty_masks_are_not_cropped_and_do_not_vote(tiny_clip_path, monkeypatch):
-    model = tiny_two_stage(tiny_clip_path, "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.0").eval()
+@pytest.mark.parametrize("procedure", ["roi_align", "simple_baseline"])
+def test_empty_masks_are_not_cropped_and_do_not_vote(tiny_clip_path, monkeypatch, procedure):
+    model = tiny_two_stage(
+        tiny_clip_path, "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.0", "MODEL.CLIP.CROP_PROCEDURE", procedure
+    ).eval()
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(6, len(model.test_class_names) + 1, generator=g)
     masks = torch.randn(6, 16, 16, generator=g)
@@ -135,6 +140,29 @@ def test_empty_masks_are_not_cropped_and_do_not_vote(tiny_clip_path, monkeypatch
     assert crops == [4, 4]  # only the four non-empty masks were cropped and encoded; all-empty: CLIP never ran
     torch.testing.assert_close(got, without_empty)
     assert torch.equal(all_empty, torch.zeros_like(all_empty))  # CLIP-only, no mask: no vote at all
+
+
+def test_simple_baseline_crop_procedure_feeds_clip_the_official_crops(tiny_clip_path, monkeypatch):
+    model = tiny_two_stage(tiny_clip_path, "MODEL.CLIP.CROP_PROCEDURE", "simple_baseline").eval()
+    g = torch.Generator().manual_seed(5)
+    image = torch.randint(0, 255, (3, 40, 56), dtype=torch.uint8, generator=g)
+    logits = torch.randn(5, 40, 56, generator=g) * 4
+    logits[2] = -9.0  # empty
+    seen = []
+    encode_image = model.clip_model.encode_image
+    monkeypatch.setattr(model.clip_model, "encode_image", lambda x: seen.append(x) or encode_image(x))
+    with torch.no_grad():
+        clip_logits, valid = model.region_classifier(model.clip_model, image, logits, model.text_embeddings)
+    masks = logits.sigmoid() > 0.5
+    res = int(model.clip_model.visual.input_resolution)
+    expected, expected_valid = simple_baseline_crops(
+        normalize_for_clip(image, model.region_classifier.input_format), masks, out_size=res
+    )
+    assert valid.tolist() == expected_valid.tolist() == [True, True, False, True, True]
+    torch.testing.assert_close(torch.cat(seen), expected[valid], rtol=0, atol=0)
+    assert torch.equal(clip_logits[2], torch.zeros_like(clip_logits[2]))
+    with pytest.raises(ValueError, match="cropmask"):
+        tiny_two_stage(tiny_clip_path, "MODEL.CLIP.CROP_PROCEDURE", "simple_baseline", "MODEL.CLIP.CROP_STYLE", "mask")
 
 
 def test_checkpoint_excludes_clip_and_round_trips(tiny_clip_path):

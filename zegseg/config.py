@@ -39,7 +39,7 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.REGION_TEMPLATES = ""  # prompt set of the CLIP image branch's text side ("": as TEST_TEMPLATES)
     cfg.MODEL.CLIP.CUSTOM_TEMPLATES = []  # templates with one "{}" each, used when TEMPLATES is "custom"
     cfg.MODEL.CLIP.EMBED_CACHE_DIR = ""  # on-disk text-embedding cache ("": ~/.cache/zegseg/text_embeddings)
-    cfg.MODEL.CLIP.CROP_PROCEDURE = "zegformer"  # how masks become CLIP crops: zegformer (official) | roi_align
+    cfg.MODEL.CLIP.CROP_PROCEDURE = "zegformer"  # mask to CLIP crop: zegformer | simple_baseline (official) | roi_align
     cfg.MODEL.CLIP.CROP_STYLE = "cropmask"  # region crops for the image branch: cropmask | mask | crop
     cfg.MODEL.CLIP.MASK_THRESHOLD = 0.5  # a query's pixels are those with sigmoid(mask logit) above this
     cfg.MODEL.CLIP.CROP_EXPAND_RATIO = 1.0  # scale each mask's box by this before cropping (not "zegformer")

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .region_encoder import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+from . import region_encoder  # a module reference: region_encoder imports this module too
 
 __all__ = ["SIMPLE_BASELINE_CROP_SIZE", "bicubic_taps", "simple_baseline_boxes", "simple_baseline_crops"]
 
@@ -203,9 +203,10 @@ def simple_baseline_crops(
     boxes, valid = simple_baseline_boxes(masks, expand_ratio)
     image = image.float()
     # The official fill, CLIP's mean colour on the 0-255 scale, normalised like the image: 0 up to rounding.
-    mean = torch.tensor(CLIP_PIXEL_MEAN, device=image.device) * 255.0
-    std = torch.tensor(CLIP_PIXEL_STD, device=image.device) * 255.0
-    fill = (torch.tensor([255.0 * c for c in CLIP_PIXEL_MEAN], device=image.device) - mean) / std
+    clip_mean, clip_std = region_encoder.CLIP_PIXEL_MEAN, region_encoder.CLIP_PIXEL_STD
+    mean = torch.tensor(clip_mean, device=image.device) * 255.0
+    std = torch.tensor(clip_std, device=image.device) * 255.0
+    fill = (torch.tensor([255.0 * c for c in clip_mean], device=image.device) - mean) / std
     crops = image.new_zeros(len(masks), 3, out_size, out_size)
     kept = valid.nonzero().squeeze(1)
     if len(kept) == 0:

@@ -15,7 +15,10 @@ Crop procedures (how a box becomes a CLIP-sized sub-image; ``MODEL.CLIP.CROP_PRO
 * ``roi_align`` (zegseg's variant): tight boxes in pixel-edge coordinates (last pixel included), optionally
   expanded, image and mask resampled separately (two ``roi_align`` calls, two samples per bin) and multiplied;
   empty masks are not cropped (``valid`` False), so CLIP abstains on them.
-Both procedures take all crops of a chunk of masks in one ``roi_align`` call.
+* ``simple_baseline`` (the official simple-baseline code, ``cropmask`` style only): integer boxes, outside-mask
+  pixels given CLIP's mean colour, bicubic resize (:mod:`zegseg.modeling.clip.baseline_crops`); empty masks are
+  not cropped (``valid`` False).
+The first two take all crops of a chunk of masks in one ``roi_align`` call.
 
 Images here are in CLIP's normalised RGB space ((x / 255 - mean) / std), where the mean colour is exactly 0;
 :func:`normalize_for_clip` converts detectron2's 0-255 input images (BGR or RGB) into it.
@@ -30,6 +33,8 @@ from detectron2.config import configurable
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import roi_align
+
+from . import baseline_crops  # a module reference: baseline_crops imports this module too
 
 __all__ = [
     "CLIP_PIXEL_MEAN",
@@ -50,7 +55,7 @@ CLIP_PIXEL_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073
 CLIP_PIXEL_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 """OpenAI CLIP's per-channel standard deviation, RGB, for images scaled to [0, 1]."""
 CROP_STYLES = ("cropmask", "mask", "crop")
-CROP_PROCEDURES = ("zegformer", "roi_align")
+CROP_PROCEDURES = ("zegformer", "roi_align", "simple_baseline")
 
 
 def normalize_for_clip(image: Tensor, input_format: str = "BGR") -> Tensor:
@@ -259,9 +264,9 @@ class RegionCLIPClassifier(nn.Module):
     ):
         """
         Args:
-            procedure: crop procedure, "zegformer" | "roi_align" (module docstring).
+            procedure: crop procedure, "zegformer" | "roi_align" | "simple_baseline" (module docstring).
             style: crop style, "cropmask" | "mask" | "crop".
-            expand_ratio: scale of each mask's box before cropping ("roi_align" only).
+            expand_ratio: scale of each mask's box before cropping ("roi_align", "simple_baseline").
             mask_threshold: float mask logits are binarised as ``sigmoid(logit) > mask_threshold``.
             chunk_size: crops per image-encoder pass.
             logit_scale: logits are ``logit_scale * cos(region, text)``; <= 0: CLIP's own learned scale,
@@ -278,6 +283,8 @@ class RegionCLIPClassifier(nn.Module):
             raise ValueError(f"unknown input format {input_format!r}; known: BGR, RGB")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if procedure == "simple_baseline" and style != "cropmask":
+            raise ValueError(f"the simple_baseline crop procedure has the cropmask style only, got {style!r}")
         if procedure == "zegformer" and expand_ratio != 1.0:
             raise ValueError("the zegformer crop procedure does not expand boxes: use CROP_EXPAND_RATIO 1.0")
         self.procedure = procedure
@@ -331,6 +338,11 @@ class RegionCLIPClassifier(nn.Module):
             return make_zegformer_crops(
                 image, masks, style=self.style, out_size=out_size, threshold=self.mask_threshold
             )
+        if self.procedure == "simple_baseline":
+            crops, _ = baseline_crops.simple_baseline_crops(
+                image, masks, out_size=out_size, expand_ratio=self.expand_ratio
+            )
+            return crops
         crops, _ = make_region_crops(image, masks, style=self.style, out_size=out_size, expand_ratio=self.expand_ratio)
         return crops
 
@@ -348,7 +360,7 @@ class RegionCLIPClassifier(nn.Module):
         Returns:
             embeddings: (Q, D) float32 on CLIP's device, L2-normalised; zero rows where ``valid`` is False (CLIP
                 is not run on them).
-            valid: (Q,) bool, False for masks CLIP did not see (empty masks, "roi_align" procedure only).
+            valid: (Q,) bool, False for masks CLIP did not see (empty masks; never for the "zegformer" procedure).
         """
         device = clip_model.text_projection.device
         image = normalize_for_clip(image.to(device), self.input_format)
