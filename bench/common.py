@@ -147,21 +147,35 @@ def run_isolated(fn: Callable[..., Dict], *args) -> Dict:
 
 
 class ClipProbe:
-    """Seconds and crops spent in a model's CLIP image branch and seconds in its segmentation network.
+    """Images, CLIP calls, crops and seconds spent in a model's CLIP image branch, and seconds in its network.
 
-    Wraps ``model.region_classifier.encode`` (one call per image: all of its crops) and ``model.predict``
-    (backbone, pixel decoder, transformer decoder) of a :class:`~zegseg.modeling.meta_arch.MaskClassificationSegmentor`.
+    Images are counted where they enter the model (``model.forward`` at inference: one per input dict), never per
+    CLIP call: certified fast mode calls CLIP once per round, several times per image. Wraps
+    ``model.region_classifier.encode`` (CLIP calls, crops encoded, seconds) and ``model.predict`` (backbone, pixel
+    decoder, transformer decoder) of a :class:`~zegseg.modeling.meta_arch.MaskClassificationSegmentor`; a model
+    without a CLIP image branch reports 0 calls and crops.
     """
 
     def __init__(self, model) -> None:
         self.clip_seconds = 0.0
         self.network_seconds = 0.0
         self.crops = 0
+        self.clip_calls = 0
         self.images = 0
         self.device = model.device
         if getattr(model, "region_classifier", None) is not None:
             model.region_classifier.encode = self._timed(model.region_classifier.encode, "clip_seconds", count=True)
-        model.predict = self._timed(model.predict, "network_seconds")
+        if hasattr(model, "predict"):
+            model.predict = self._timed(model.predict, "network_seconds")
+        model.forward = self._counting_images(model, model.forward)
+
+    def _counting_images(self, model, forward: Callable) -> Callable:
+        def wrapper(batched_inputs, *args, **kwargs):
+            if not model.training:
+                self.images += len(batched_inputs)
+            return forward(batched_inputs, *args, **kwargs)
+
+        return wrapper
 
     def _timed(self, fn: Callable, field: str, count: bool = False) -> Callable:
         def wrapper(*args, **kwargs):
@@ -172,11 +186,17 @@ class ClipProbe:
             setattr(self, field, getattr(self, field) + time.perf_counter() - start)
             if count:
                 self.crops += int(out[1].sum())
-                self.images += 1
+                self.clip_calls += 1
             return out
 
         return wrapper
 
+    def per_image(self) -> Dict[str, float]:
+        """CLIP calls, crops, CLIP seconds and network seconds per image counted so far (``nan`` before any)."""
+        n = self.images or float("nan")
+        return {"clip_calls": self.clip_calls / n, "crops": self.crops / n, "clip_s": self.clip_seconds / n,
+                "network_s": self.network_seconds / n}
+
     def reset(self) -> None:
         self.clip_seconds = self.network_seconds = 0.0
-        self.crops = self.images = 0
+        self.crops = self.clip_calls = self.images = 0

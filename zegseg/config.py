@@ -55,6 +55,7 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.FAST_MODE.DUPLICATE_IOU = 0.0  # masks with IoU >= this share one crop (0: off; 1: identical)
     cfg.MODEL.CLIP.FAST_MODE.CERTIFY = True  # add queries until each pixel's class is provably exact mode's
     cfg.MODEL.CLIP.FAST_MODE.UNCERTAIN_FRACTION = 0.0  # with CERTIFY: fraction of pixels allowed to stay unproven
+    cfg.MODEL.CLIP.FAST_MODE.ROUND_COST = 8.0  # with CERTIFY: one round's overhead in crops (more rounds vs the rest)
     cfg.MODEL.CLIP.PROMPT_LEARNER = CN()
     cfg.MODEL.CLIP.PROMPT_LEARNER.N_CTX = 16  # learnable context tokens before the class name (CoOp)
     cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS = ""  # learned-prompt checkpoint; non-empty replaces TEMPLATES

@@ -19,10 +19,10 @@ The query of largest bound is always kept. With every cut-off at 0 the selector 
 its own crop, and the model's output is exactly that of exact mode. Statistics are taken at the mask-feature
 stride over the image region (not the padding), so selection costs a few milliseconds.
 
-**Certification** (``certify``): the selector's queries are only a start. The meta-architecture
-(:meth:`~zegseg.modeling.meta_arch.mask_classification.MaskClassificationSegmentor.certified_map`) sends more
-queries to CLIP until the class of every pixel, but at most a fraction ``uncertain_fraction`` of them, is provably
-the one exact mode gives; with ``uncertain_fraction`` 0 the semantic map's argmax is exact mode's.
+**Certification** (``certify``): the selector's queries are only the first round.
+:mod:`zegseg.modeling.certified_inference` sends more queries to CLIP until the class of every pixel, but at most a
+fraction ``uncertain_fraction`` of them, is provably the one exact mode gives, or sends all the rest at once when
+another round (whose overhead is ``round_cost`` crops) cannot finish cheaper.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class QuerySelector:
         mask_threshold: float = 0.5,
         certify: bool = False,
         uncertain_fraction: float = 0.0,
+        round_cost: float = 0.0,
     ):
         """
         Args:
@@ -60,6 +61,7 @@ class QuerySelector:
             mask_threshold: a query's pixels are those with ``sigmoid(logit) > mask_threshold`` (as for the crops).
             certify: add queries until pixels' classes are provably exact mode's (see the module docstring).
             uncertain_fraction: with ``certify``, the fraction of pixels allowed to stay uncertain.
+            round_cost: with ``certify``, the overhead of one round (a CLIP call and a check), counted in crops.
         """
         if min_contribution < 0 or not 0 <= min_mask_area <= 1:
             raise ValueError(
@@ -72,6 +74,8 @@ class QuerySelector:
             raise ValueError(f"duplicate_iou must lie in [0, 1] (0: off), got {duplicate_iou}")
         if not 0 <= uncertain_fraction < 1:
             raise ValueError(f"uncertain_fraction must lie in [0, 1), got {uncertain_fraction}")
+        if round_cost < 0:
+            raise ValueError(f"round_cost must be >= 0 (crops), got {round_cost}")
         if certify and duplicate_iou > 0:
             raise ValueError(
                 "certified fast mode crops every query it sends to CLIP: set DUPLICATE_IOU to 0 (got "
@@ -84,6 +88,7 @@ class QuerySelector:
         self.mask_threshold = float(mask_threshold)
         self.certify = bool(certify)
         self.uncertain_fraction = float(uncertain_fraction)
+        self.round_cost = float(round_cost)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
@@ -96,6 +101,7 @@ class QuerySelector:
             "mask_threshold": cfg.MODEL.CLIP.MASK_THRESHOLD,
             "certify": fast.CERTIFY,
             "uncertain_fraction": fast.UNCERTAIN_FRACTION,
+            "round_cost": fast.ROUND_COST,
         }
 
     @torch.no_grad()

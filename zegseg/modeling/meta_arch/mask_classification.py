@@ -21,6 +21,7 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..certified_inference import certified_semantic_map, score_basis
 from ..clip.region_encoder import RegionCLIPClassifier
 from ..criterion import SetCriterion
 from ..inference import semantic_inference
@@ -201,6 +202,14 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         if self.region_classifier is not None and self.query_selector is not None and self.query_selector.certify:
             return self.certified_map(image, logits, masks, image_size, (height, width))
         probs, masks = self.classify_segments(image, logits, masks, image_size)
+        return self.assemble_map(probs, masks, image_size, (height, width))
+
+    def assemble_map(
+        self, probs: Tensor, masks: Tensor, image_size: Sequence[int], output_size: Sequence[int]
+    ) -> Tensor:
+        """(M, K) class probabilities and (M, H_pad, W_pad) mask logits → (K, height, width) calibrated scores, in
+        the order :meth:`segment_image` describes."""
+        height, width = output_size
         if self.resize_masks_first:
             masks = self.resize_to_output(masks, image_size, height, width)
             return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
@@ -225,7 +234,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         """
         if self.region_classifier is None:
             return logits.softmax(-1)[:, :-1], self.upsample_masks(masks)
-        keep, source = self.choose_clip_queries(logits.softmax(-1)[:, :-1], masks, image_size)
+        keep, source = self.choose_clip_queries(logits, masks, image_size)
         if keep is not None:
             logits, masks = logits[keep], masks[keep]
         masks = self.upsample_masks(masks)
@@ -235,50 +244,39 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
     def certified_map(
         self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int], output_size: Sequence[int]
     ) -> Tensor:
-        """Certified fast mode: the semantic map of as few CLIP crops as it takes for every pixel's class (all
-        but a fraction ``query_selector.uncertain_fraction`` of the pixels) to be provably that of exact mode.
-
-        A query not sent to CLIP would add at most ``class_prob_bound[q, c] · sigmoid(mask_q)`` to class ``c``'s
-        score. With ``A`` the (calibrated) scores of the queries sent and ``R`` the sum of those bounds over the
-        others, a pixel whose best class ``c*`` under ``A`` has ``A[c*] > max_{c != c*} (A[c] + R[c])`` has class
-        ``c*`` in exact mode too. Starting from the selector's queries, the unsent queries that weigh most on the
-        uncertain pixels are added (half as many again as are sent, at least one) until that holds; at worst
-        every query is sent, and the map is exact mode's.
+        """Certified fast mode (:mod:`zegseg.modeling.certified_inference`): the semantic map of the fewest CLIP
+        crops, sent in rounds, for which every pixel's class (all but ``query_selector.uncertain_fraction`` of
+        them) is provably the one exact mode gives, in the map order exact mode uses (``resize_masks_first``).
+        The first round holds the selector's queries.
 
         Args:
             image, logits, masks, image_size: as for :meth:`segment_image`.
             output_size: (height, width) of the returned map.
         Returns:
-            (K, height, width) scores of the queries sent (dropped ones leave the map).
+            (K, height, width) scores of the queries sent (the others leave the map); exact mode's map when every
+            query was sent.
         """
         height, width = output_size
-        probs = logits.softmax(-1)[:, :-1]
-        upper = self.class_prob_bound(probs)  # (Q, K)
         padded = self.upsample_masks(masks)
-        soft = self.resize_to_output(padded, image_size, height, width).sigmoid()  # (Q, height, width)
-        sent = torch.zeros(len(probs), dtype=torch.bool, device=probs.device)
-        sent[self.choose_clip_queries(probs, masks, image_size)[0]] = True
-        exact = torch.zeros_like(upper)
-        known = torch.zeros_like(sent)
-        while True:
-            new = sent & ~known
-            clip_logits, valid = self.region_clip_logits(image, padded[new], image_size)
-            exact[new] = self.combine_with_clip(logits[new], clip_logits, valid)
-            known |= new
-            scores = self.calibrate_scores(torch.einsum("qc,qhw->chw", exact[known], soft[known]))
-            if known.all():
-                return scores
-            unsent = (~known).nonzero().squeeze(1)
-            others = soft[unsent]  # (U, height, width)
-            best = scores.argmax(dim=0, keepdim=True)  # (1, height, width)
-            rivals = torch.einsum("qc,qhw->chw", upper[unsent], others).add_(scores)
-            rivals.scatter_(0, best, float("-inf"))
-            uncertain = scores.gather(0, best)[0] <= rivals.amax(dim=0)  # (height, width)
-            if uncertain.float().mean() <= self.query_selector.uncertain_fraction:
-                return scores
-            weight = upper[unsent].amax(dim=1) * (others.flatten(1) @ uncertain.flatten().to(others.dtype))
-            more = weight.topk(min(len(unsent), max(1, int(known.sum()) // 2))).indices
-            sent[unsent[more]] = True
+        first = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+        first[self.choose_clip_queries(logits, masks, image_size)[0]] = True
+
+        def classify(idx: Tensor) -> Tensor:
+            return self.combine_with_clip(logits[idx], *self.region_clip_logits(image, padded[idx], image_size))
+
+        scores, _ = certified_semantic_map(
+            first=first,
+            upper=self.class_prob_bound(logits),
+            basis=score_basis(
+                padded, lambda x: self.resize_to_output(x, image_size, height, width), self.resize_masks_first
+            ),
+            classify=classify,
+            calibrate=self.calibrate_scores,
+            exact_map=lambda probs: self.assemble_map(probs, padded, image_size, output_size),
+            uncertain_fraction=self.query_selector.uncertain_fraction,
+            round_cost=self.query_selector.round_cost,
+        )
+        return scores
 
     def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
         """The inference class distribution of queries whose crops CLIP has seen.
@@ -292,9 +290,9 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement combine_with_clip")
 
-    def class_prob_bound(self, probs: Tensor) -> Tensor:
-        """(Q, K) segment-classifier probabilities → (Q, K) upper bound of :meth:`combine_with_clip` over every
-        possible CLIP output (CLIP's probabilities are at most 1). Used by fast mode."""
+    def class_prob_bound(self, logits: Tensor) -> Tensor:
+        """(Q, K + 1) segment-classification logits → (Q, K) upper bound of :meth:`combine_with_clip` over every
+        output CLIP could give the queries' crops. Used by fast mode."""
         raise NotImplementedError(f"{type(self).__name__} must implement class_prob_bound for fast mode")
 
     def calibrate_scores(self, scores: Tensor) -> Tensor:
@@ -307,18 +305,18 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         size = (masks.shape[-2] * stride, masks.shape[-1] * stride)
         return F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
 
-    def clip_weight_bound(self, probs: Tensor) -> Tensor:
-        """(Q, K) segment-classifier probabilities → (Q,) upper bound, over classes and over CLIP's possible
-        probabilities, of each query's ensembled class probability. Used by fast mode."""
-        return self.class_prob_bound(probs).amax(dim=-1)
+    def clip_weight_bound(self, logits: Tensor) -> Tensor:
+        """(Q, K + 1) segment-classification logits → (Q,) upper bound, over classes and over CLIP's possible
+        outputs, of each query's ensembled class probability. Used by fast mode."""
+        return self.class_prob_bound(logits).amax(dim=-1)
 
     def choose_clip_queries(
-        self, probs: Tensor, masks: Tensor, image_size: Sequence[int]
+        self, logits: Tensor, masks: Tensor, image_size: Sequence[int]
     ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         """Fast mode's choice of queries (see :mod:`zegseg.modeling.query_selection`); ``(None, None)`` in exact mode.
 
         Args:
-            probs: (Q, K) segment-classifier probabilities.
+            logits: (Q, K + 1) segment-classification logits.
             masks: (Q, h, w) mask logits over the padded image at the mask-feature stride.
             image_size: (H, W) of the image inside the padding.
         Returns:
@@ -329,7 +327,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             return None, None
         stride = self.pixel_decoder.mask_stride
         h, w = (math.ceil(s / stride) for s in image_size)
-        return self.query_selector(self.clip_weight_bound(probs), masks[:, :h, :w])
+        return self.query_selector(self.clip_weight_bound(logits), masks[:, :h, :w])
 
     def region_clip_logits(
         self, image: Tensor, masks: Tensor, image_size: Sequence[int], source: Optional[Tensor] = None

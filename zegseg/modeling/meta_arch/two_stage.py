@@ -84,8 +84,9 @@ class TwoStageCLIP(MaskClassificationSegmentor):
         p_mf = logits.softmax(-1)[:, :-1]
         return ensemble_probs(p_mf, p_clip, self.test_unseen_mask, self.ensemble_weight, clip_valid=valid)
 
-    def class_prob_bound(self, probs: Tensor) -> Tensor:
-        """(Q, K) → (Q, K): the ensemble with CLIP probabilities 1 (CLIP only: 1)."""
+    def class_prob_bound(self, logits: Tensor) -> Tensor:
+        """(Q, K + 1) → (Q, K): the ensemble with CLIP probabilities 1 (CLIP only: 1)."""
+        probs = logits.softmax(-1)[:, :-1]
         if self.clip_only:
             return torch.ones_like(probs)
         return ensemble_probs(probs, torch.ones_like(probs), self.test_unseen_mask, self.ensemble_weight)

@@ -91,7 +91,22 @@ class ZegFormer(MaskClassificationSegmentor):
         of :meth:`segment_image`)."""
         return calibrate(scores, ~self.test_unseen_mask, self.calibration_gamma, inplace=True)
 
-    def class_prob_bound(self, probs: Tensor) -> Tensor:
-        """(Q, K) → (Q, K): the ensemble with CLIP probabilities 1 (CLIP's seen-class mean is at most 1 too)."""
-        ones = torch.ones_like(probs)
-        return ensemble_probs(probs, ones, self.test_unseen_mask, self.ensemble_lambda, mode=self.ensemble_mode)
+    def class_prob_bound(self, logits: Tensor) -> Tensor:
+        """(Q, K + 1) → (Q, K): the ensemble with the largest probabilities CLIP could give.
+
+        With the "no object" logit ``n`` in CLIP's softmax and CLIP's logits ``scale · cos <= scale``, CLIP's
+        probability of any class is at most ``e^scale / (e^scale + e^n) = sigmoid(scale - n)``; without it, 1. A mean
+        over the seen classes (``mean_seen_clip``) is also at most ``1 / #seen``, CLIP's probabilities summing to at
+        most 1. Under the "roi_align" crop procedure an empty mask gets CLIP probability 1 (CLIP abstains), so
+        there the bound is the ensemble with 1.
+        """
+        probs = logits.softmax(-1)[:, :-1]
+        clip_max = torch.ones_like(probs)
+        always_seen = self.region_classifier is not None and self.region_classifier.crops_padded_input
+        if always_seen and self.clip_no_object:
+            scale = self.region_classifier.scale(self.clip_model) * (1 + 1e-6)  # cos may round a hair above 1
+            clip_max = (scale - logits[:, -1:].float()).sigmoid().expand_as(probs)
+        seen = ~self.test_unseen_mask.to(probs.device)
+        if always_seen and self.mean_seen_clip and self.ensemble_mode == "seen_unseen" and bool(seen.any()):
+            clip_max = torch.where(seen, clip_max.clamp(max=1.0 / int(seen.sum())), clip_max)
+        return ensemble_probs(probs, clip_max, self.test_unseen_mask, self.ensemble_lambda, mode=self.ensemble_mode)
