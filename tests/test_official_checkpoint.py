@@ -292,3 +292,40 @@ def test_cli_errors_are_one_line(cli, tmp_path, case, message):
     assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
     assert message in err
     assert not (tmp_path / "zegseg.pth").exists()
+
+
+# ------------------------------------------------------------------------------------------ the parity script
+@pytest.fixture(scope="module")
+def parity():
+    spec = importlib.util.spec_from_file_location("official_parity", ROOT / "tools" / "check_official_parity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_parity_metrics(parity):
+    ref = torch.tensor([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
+    row = parity.compare("x", ref + torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.5, 0.0]]), ref, "argmax")
+    assert row["max_abs"] == 1.5 and row["mean_abs"] == 0.25 and row["agreement"] == 0.5
+    assert parity.compare("m", -ref, ref, "sign")["agreement"] == pytest.approx(1 / 6)  # only the zero agrees
+    assert parity.compare("k", ref.T, ref.T, "argmax_classes_first")["agreement"] == 1.0
+    assert "error" in parity.compare("s", ref[:1], ref, "")
+
+
+def test_parity_inputs_are_shared_and_reproducible(parity, tmp_path):
+    from zegseg.modeling.clip import load_clip
+
+    state = parity.random_clip_state("tiny", seed=3)
+    weights = [v for k, v in state.items() if v.is_floating_point() and k != "logit_scale"]  # OpenAI's: fp32
+    assert all(torch.equal(v, v.half().float()) for v in weights)
+    torch.save(state, tmp_path / "clip.pt")
+    clip_model = load_clip(str(tmp_path / "clip.pt"))
+    assert float(clip_model.logit_scale.exp()) == pytest.approx(100.0)
+    assert clip_model.text_projection.shape == (64, 512)
+    image = parity.synthetic_image(48, seed=3)
+    assert image.dtype == torch.uint8 and image.shape == (3, 48, 48)
+    assert torch.equal(image, parity.synthetic_image(48, seed=3)) and image.float().std() > 10
+    with pytest.raises(SystemExit):  # not an official checkout
+        parity.parse_args(["--official-root", str(tmp_path), "--model", "zegformer"])

@@ -10,8 +10,10 @@ vocabulary (COCO-Stuff's 171 classes, 15 unseen). Everything runs in fp32 on the
 casts and its hard-coded ``.cuda()`` are made no-ops in its process.
 
 Compared, as max / mean absolute difference and argmax (for masks: sign) agreement:
+  the text embeddings of the vocabulary each classifier uses (segment classifier, CLIP image branch);
   (a) the segmentation network: pred_logits and pred_masks of the last decoder layer, and of the earlier layers;
   (b) the final per-pixel scores with the CLIP branch off (segment classifier only) and on.
+Results also go to <workdir>/parity.json.
 
 Examples:
   python tools/check_official_parity.py --official-root /path/to/ZegFormer --model zegformer
@@ -143,7 +145,11 @@ def _official_zegformer(spec: Dict, clip_state: Dict, root: Path, config: str, k
         h, w = image.shape[-2:]
         return model([{"image": image, "height": h, "width": w}])[0]["sem_seg"]
 
-    return model, network, final
+    def text():
+        predictor = model.sem_seg_head.predictor
+        return {"segment": predictor.text_features_test, "region": predictor.text_features_test_clip}
+
+    return model, network, final, text
 
 
 def _official_zsseg(spec: Dict, clip_state: Dict, root: Path, config: str, keys_only: bool):
@@ -191,7 +197,11 @@ def _official_zsseg(spec: Dict, clip_state: Dict, root: Path, config: str, keys_
         h, w = image.shape[-2:]
         return model([{"image": image, "height": h, "width": w, "meta": {"dataset_name": VOCAB_NAME}}])[0]["sem_seg"]
 
-    return model, network, final
+    def text():
+        classes = adapter.get_text_features(names)[:-1]  # one embedding per class serves both classifiers
+        return {"segment": classes, "region": classes}
+
+    return model, network, final, text
 
 
 def run_worker(spec_path: Path) -> None:
@@ -209,7 +219,7 @@ def run_worker(spec_path: Path) -> None:
     clip_state = torch.load(spec["clip"], map_location="cpu", weights_only=True)
     builder = {"zegformer": _official_zegformer, "zsseg": _official_zsseg}[spec["format"]]
     start = time.perf_counter()
-    model, network, final = builder(spec, clip_state, root, spec["config"], keys_only)
+    model, network, final, text = builder(spec, clip_state, root, spec["config"], keys_only)
     state = model.state_dict()
     payload = {
         "tensors": [[k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in state.items()],
@@ -219,6 +229,7 @@ def run_worker(spec_path: Path) -> None:
         payload["state_dict"] = {k: v for k, v in state.items() if "clip_model." not in k}
         image = torch.load(spec["image"], weights_only=True)
         with torch.no_grad():
+            payload["text"] = text()
             images = [(image.float() - model.pixel_mean) / model.pixel_std]
             out = network(ImageList.from_tensors(images, model.size_divisibility).tensor)
             payload["network"] = {
@@ -306,12 +317,15 @@ def build_zegseg(args: argparse.Namespace, workdir: Path, names: List[str], unse
 
 
 def compare(name: str, ours: torch.Tensor, ref: torch.Tensor, agreement: str) -> Dict:
-    """Max / mean absolute difference and agreement ("argmax" over dim -1 or 0 for maps, "sign" for masks)."""
+    """Max / mean absolute difference and agreement: "argmax" over the last dim (or the first with
+    "argmax_classes_first"), "sign" for mask logits, "" for none."""
     if ours.shape != ref.shape:
         error = f"shape {list(ours.shape)} vs official {list(ref.shape)}"
         return {"output": name, "shape": list(ref.shape), "error": error}
     diff = (ours.double() - ref.double()).abs()
-    if agreement == "sign":
+    if agreement == "":
+        agree = None
+    elif agreement == "sign":
         agree = ((ours > 0) == (ref > 0)).double().mean()
     else:
         dim = 0 if agreement == "argmax_classes_first" else -1
@@ -322,8 +336,8 @@ def compare(name: str, ours: torch.Tensor, ref: torch.Tensor, agreement: str) ->
         "max_abs": float(diff.max()),
         "mean_abs": float(diff.mean()),
         "official_max_abs": float(ref.abs().max()),
-        "agreement": float(agree),
-        "agreement_kind": "sign" if agreement == "sign" else "argmax",
+        "agreement": None if agree is None else float(agree),
+        "agreement_kind": {"": None, "sign": "sign"}.get(agreement, "argmax"),
     }
 
 
@@ -344,6 +358,11 @@ def _zegseg_final(model, image: torch.Tensor, clip_branch: bool) -> Optional[tor
             setattr(model, k, v)
 
 
+def _region_text(model) -> torch.Tensor:
+    """(K, D) text embeddings zegseg's CLIP image branch compares crops with."""
+    return getattr(model, "region_text_embeddings", model.test_text_embeddings)
+
+
 def print_table(rows: List[Dict]) -> None:
     header = ("output", "shape", "max |diff|", "mean |diff|", "max |official|", "agree")
     print("{:34s} {:>16s} {:>11s} {:>11s} {:>14s} {:>9s}".format(*header))
@@ -351,7 +370,7 @@ def print_table(rows: List[Dict]) -> None:
         if "error" in r:
             print(f"{r['output']:34s} {str(tuple(r['shape'])):>16s}  {r['error']}")
             continue
-        agree = f"{100 * r['agreement']:.3f}%"
+        agree = "-" if r["agreement"] is None else f"{100 * r['agreement']:.3f}%"
         print(
             f"{r['output']:34s} {str(tuple(r['shape'])):>16s} {r['max_abs']:11.3g} {r['mean_abs']:11.3g} "
             f"{r['official_max_abs']:14.4g} {agree:>9s}"
@@ -422,7 +441,10 @@ def check(args: argparse.Namespace) -> List[Dict]:
             f"({len(incompatible.unexpected_keys)})"
         )
     model.eval()
-    rows = []
+    rows = [
+        compare("text embeddings, segment classifier", model.test_text_embeddings, official["text"]["segment"], ""),
+        compare("text embeddings, CLIP image branch", _region_text(model), official["text"]["region"], ""),
+    ]
     with torch.no_grad():
         out = model.predict(model.preprocess_images([{"image": image}]).tensor)
     net = official["network"]
