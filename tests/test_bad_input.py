@@ -42,7 +42,7 @@ def test_a_single_string_is_read_like_the_demo_option_never_split_into_letters(t
 
 
 def test_the_string_rule_is_the_demo_rule():
-    import demo.demo as demo  # noqa: PLC0415
+    import demo.demo as demo
 
     for text in ("sky", "cat, dog, sky", "tv,monitor ;sky;", " , ", "tv, monitor;"):
         assert demo.parse_vocabulary(text) == parse_vocabulary(text)
@@ -109,7 +109,7 @@ def test_names_clip_reads_as_the_same_text_are_refused(names):
         check_vocabulary(vocabulary)
 
 
-def test_case_duplicates_really_get_one_embedding(tiny_clip_path):
+def test_case_duplicates_really_get_one_embedding():
     """Why they are refused: CLIP's tokenizer lower-cases and collapses spaces, so the embeddings are equal."""
     from clip import tokenize
 
@@ -117,7 +117,7 @@ def test_case_duplicates_really_get_one_embedding(tiny_clip_path):
 
 
 def test_the_demo_refuses_case_duplicates(tmp_path):
-    import demo.demo as demo  # noqa: PLC0415
+    import demo.demo as demo
 
     image = tmp_path / "a.png"
     from PIL import Image
