@@ -2,6 +2,7 @@
 import pytest
 import torch
 from detectron2.modeling import build_model
+from detectron2.structures import Instances
 from torch.nn import functional as F
 
 import zegseg  # noqa: F401
@@ -11,9 +12,10 @@ from zegseg.engine import ZegsegTrainer
 from zegseg.engine.setup_config import load_config
 from zegseg.modeling.clip import load_clip
 from zegseg.modeling.clip.baseline_crops import simple_baseline_crops
+from zegseg.modeling.clip.image_encoder import encode_image
 from zegseg.modeling.clip.prompt_learner import PromptLearner
 from zegseg.modeling.clip.prompts import get_templates
-from zegseg.modeling.clip.region_encoder import normalize_for_clip
+from zegseg.modeling.clip.region_encoder import CLIP_PIXEL_MEAN, normalize_for_clip
 from zegseg.modeling.clip.text_encoder import TextEmbedder
 from zegseg.modeling.mlp import MLP
 
@@ -222,6 +224,48 @@ def test_prompt_learning_trains_only_the_context(tiny_clip_path):
     losses["loss_prompt"].backward()
     assert model.prompt_learner.ctx.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.clip_model.parameters())
+
+
+def segment_samples(num_classes, n=3, size=(40, 32), seed=0):
+    """Segment samples as the segment_crop mapper gives them: a crop, one mask, one class."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(n):
+        image = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=g)
+        mask = torch.rand(size, generator=g) > 0.4
+        inst = Instances(size)
+        inst.gt_classes = torch.randint(0, num_classes, (1,), generator=g)
+        inst.gt_masks = mask[None]
+        batch.append({"image": image, "instances": inst, "segment_sample": True})
+    return batch
+
+
+@pytest.mark.parametrize("fill", ["mean", "normalized_mean"])
+def test_prompt_learning_on_segment_samples(tiny_clip_path, fill):
+    model = tiny_prompt_learner_model(tiny_clip_path, "MODEL.CLIP.PROMPT_LEARNER.MASK_FILL", fill).train()
+    batch = segment_samples(len(model.train_class_names))  # 40 x 32: not the tiny CLIP's 32 x 32
+    loss = model(batch)["loss_prompt"]
+    images = normalize_for_clip(torch.stack([x["image"] for x in batch]), model.input_format)
+    masks = torch.stack([x["instances"].gt_masks[0] for x in batch])[:, None]
+    value = torch.tensor(CLIP_PIXEL_MEAN).view(1, 3, 1, 1) if fill == "normalized_mean" else torch.zeros(1, 3, 1, 1)
+    with torch.no_grad():
+        feats = F.normalize(encode_image(model.clip_model, torch.where(masks, images, value)), dim=-1)
+    logits = 100 * feats @ model.prompt_learner(model.clip_model, model.train_class_names).T
+    labels = torch.cat([x["instances"].gt_classes for x in batch])
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
+    loss.backward()
+    assert model.prompt_learner.ctx.grad.abs().sum() > 0
+
+
+def test_prompt_learning_rejects_mixed_or_unequal_batches(tiny_clip_path):
+    model = tiny_prompt_learner_model(tiny_clip_path).train()
+    k = len(model.train_class_names)
+    with pytest.raises(ValueError, match="mixes"):
+        model(segment_samples(k, n=1) + synthetic_batch(k, n=1))
+    with pytest.raises(ValueError, match="share their size"):
+        model(segment_samples(k, n=1) + segment_samples(k, n=1, size=(32, 32)))
+    with pytest.raises(ValueError, match="mask fill"):
+        tiny_prompt_learner_model(tiny_clip_path, "MODEL.CLIP.PROMPT_LEARNER.MASK_FILL", "zero")
 
 
 def test_prompt_learning_lowers_the_loss(tiny_clip_path):

@@ -28,6 +28,13 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.COLOR_AUG_SSD = False  # SSD-style photometric distortion during training
     cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad training crops to a multiple of this in the mapper (<= 0: no padding)
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # resample a crop when one class covers more than this fraction
+    # The "segment_crop" mapper (prompt learning): one ground-truth segment per sample, box crop, random resized crop.
+    cfg.INPUT.SEGMENT_CROP = CN()
+    cfg.INPUT.SEGMENT_CROP.SIZE = (224, 224)  # (height, width) of the samples
+    cfg.INPUT.SEGMENT_CROP.SCALE = (0.08, 1.0)  # area fraction of the segment's box kept by the random resized crop
+    cfg.INPUT.SEGMENT_CROP.RATIO = (0.75, 4.0 / 3.0)  # aspect-ratio range (width / height) of that crop
+    cfg.DATASETS.SAMPLE_PER_CLASS = -1  # "segment_crop": segments drawn per class, with replacement (<= 0: all)
+    cfg.DATASETS.SAMPLE_SEED = 0  # seed of that draw
 
 
 def _add_clip_config(cfg: CN) -> None:
@@ -59,6 +66,7 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.PROMPT_LEARNER = CN()
     cfg.MODEL.CLIP.PROMPT_LEARNER.N_CTX = 16  # learnable context tokens before the class name (CoOp)
     cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS = ""  # learned-prompt checkpoint; non-empty replaces TEMPLATES
+    cfg.MODEL.CLIP.PROMPT_LEARNER.MASK_FILL = "mean"  # training samples' outside-mask pixels: mean | normalized_mean
 
 
 def _add_mask_model_config(cfg: CN) -> None:

@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import ZegsegCheckpointer
 from ..data.dataset_mappers import build_train_mapper
+from ..data.segment_samples import build_train_dataset
 from ..evaluation import build_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from .metrics_writer import ResumableJSONWriter
@@ -75,7 +76,9 @@ class ZegsegTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg, is_train=True))
+        return build_detection_train_loader(
+            cfg, mapper=build_train_mapper(cfg, is_train=True), dataset=build_train_dataset(cfg)
+        )
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder=None):

@@ -1,10 +1,16 @@
 """Learning CoOp prompts for the two-stage CLIP classifier on crops of ground-truth segments.
 
-Training: every ground-truth segment of a training image becomes a masked crop (as the two-stage model's second
-stage builds them from proposals), the frozen CLIP image encoder embeds it, and the crops are classified by
+Training: the frozen CLIP image encoder embeds crops of ground-truth segments, and the crops are classified by
 ``logit_scale · cos`` against the embeddings of the training classes' learned prompts
 (:class:`~zegseg.modeling.clip.prompt_learner.PromptLearner`: shared context vectors + the class name); the
-cross-entropy trains the context vectors only.
+cross-entropy trains the context vectors only. The crops come in one of two forms, set by the training mapper:
+
+* segment samples (mapper ``segment_crop``, the simple baseline's recipe): each input is already one segment's
+  crop (box crop, random resized crop, flip; see :mod:`zegseg.data.dataset_mappers.segment_crop`) with its mask;
+  the pixels outside the mask are filled (``mask_fill``) and the whole input goes to CLIP at its own size
+  (:func:`~zegseg.modeling.clip.image_encoder.encode_image`);
+* whole images (mapper ``mask_former_semantic``): every ground-truth segment of each image becomes a masked crop
+  built by the region classifier, as the two-stage model's second stage builds them from proposals.
 
 Inference ("oracle masks"): the ground-truth segments of each image (its "sem_seg", which detectron2's test
 mapper provides) are classified the same way against the inference vocabulary, and each segment's pixels get
@@ -27,14 +33,20 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..clip import load_clip
+from ..clip.image_encoder import encode_image
 from ..clip.prompt_learner import PromptLearner, load_prompt_learner
-from ..clip.region_encoder import RegionCLIPClassifier
+from ..clip.region_encoder import CLIP_PIXEL_MEAN, RegionCLIPClassifier, normalize_for_clip
 from ..vocabulary import check_vocabulary
 from .base import OpenVocabSegmentor, default_vocabularies, keep_clip_out_of_checkpoints
 
-__all__ = ["PromptLearnerCLIP"]
+__all__ = ["MASK_FILLS", "PromptLearnerCLIP"]
 
 logger = logging.getLogger(__name__)
+
+MASK_FILLS = ("mean", "normalized_mean")
+"""How segment samples' outside-mask pixels are filled: ``mean``, CLIP's mean colour (0 after normalisation, as in
+the region crops at inference); ``normalized_mean``, the mean's values written into the normalised image (the
+official prompt-learning code; a light grey, about (156, 150, 133) on the 0-255 scale)."""
 
 
 @META_ARCH_REGISTRY.register()
@@ -51,16 +63,20 @@ class PromptLearnerCLIP(nn.Module):
         train_class_names: Sequence[str],
         test_class_names: Sequence[str],
         ignore_label: int = 255,
+        mask_fill: str = "mean",
+        input_format: str = "BGR",
     ):
         """
         Args:
             clip_model: frozen OpenAI-format CLIP (kept out of checkpoints).
             prompt_learner: the context vectors to train.
-            region_classifier: builds the masked crops and holds the logit scale (its mask threshold is unused:
-                ground-truth masks are binary).
+            region_classifier: builds the masked crops of whole images and holds the logit scale (its mask
+                threshold is unused: ground-truth masks are binary).
             train_class_names: the classes of the training labels (seen classes).
             test_class_names: the inference vocabulary.
             ignore_label: label of unlabelled pixels in the inference inputs' "sem_seg".
+            mask_fill: outside-mask fill of segment samples, one of :data:`MASK_FILLS`.
+            input_format: channel order of the 0-255 input images, "BGR" or "RGB".
         """
         super().__init__()
         self.clip_model = clip_model
@@ -71,6 +87,10 @@ class PromptLearnerCLIP(nn.Module):
             raise ValueError("PromptLearnerCLIP needs training class names (DATASETS.TRAIN)")
         self.train_class_names: List[str] = list(train_class_names)
         self.ignore_label = ignore_label
+        if mask_fill not in MASK_FILLS:
+            raise ValueError(f"unknown mask fill {mask_fill!r}; known: {', '.join(MASK_FILLS)}")
+        self.mask_fill = mask_fill
+        self.input_format = input_format
         self._test_cache: Optional[Tuple[tuple, Tensor]] = None
         self.set_vocabulary(test_class_names)
 
@@ -87,6 +107,8 @@ class PromptLearnerCLIP(nn.Module):
             "region_classifier": RegionCLIPClassifier(cfg),
             "train_class_names": vocabularies["train_class_names"],
             "test_class_names": vocabularies["test_class_names"],
+            "mask_fill": clip_cfg.PROMPT_LEARNER.MASK_FILL,
+            "input_format": cfg.INPUT.FORMAT,
         }
 
     @property
@@ -106,6 +128,11 @@ class PromptLearnerCLIP(nn.Module):
             ValueError: empty vocabulary, empty or duplicate names.
         """
         self.test_class_names, _ = check_vocabulary(class_names)
+
+    @property
+    def logit_scale(self) -> float:
+        """Multiplier of crop-text cosines (MODEL.CLIP.LOGIT_SCALE, or CLIP's own when that is <= 0)."""
+        return self.region_classifier.scale(self.clip_model)
 
     def text_embeddings(self, class_names: Sequence[str]) -> Tensor:
         """(K, D) L2-normalised learned-prompt embeddings of ``class_names``, differentiable w.r.t. the context."""
@@ -131,12 +158,31 @@ class PromptLearnerCLIP(nn.Module):
         """
         return self.region_classifier.encode(self.clip_model, image, masks)
 
+    @torch.no_grad()
+    def encode_samples(self, images: Tensor, masks: Tensor) -> Tensor:
+        """CLIP embeddings of segment samples (no gradient).
+
+        Args:
+            images: (B, 3, h, w) 0-255 crops in the input format.
+            masks: (B, h, w) bool, each sample's segment.
+        Returns:
+            (B, D) L2-normalised embeddings.
+        """
+        images = normalize_for_clip(images.to(self.device), self.input_format)
+        if self.mask_fill == "normalized_mean":
+            fill = torch.tensor(CLIP_PIXEL_MEAN, device=self.device).view(1, 3, 1, 1)
+        else:
+            fill = images.new_zeros(1, 3, 1, 1)
+        images = torch.where(masks.to(self.device)[:, None], images, fill)
+        return F.normalize(encode_image(self.clip_model, images).float(), dim=-1)
+
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Tensor]] | Dict[str, Tensor]:
         """
         Args:
             batched_inputs: detectron2 dicts with "image" (3, H, W) and, in training, "instances" (gt_classes
-                over the training vocabulary, gt_masks (G, H, W)); at inference "sem_seg" (H, W) ground-truth
-                labels (any class list: only its segments are used) and optional "height"/"width".
+                over the training vocabulary, gt_masks (G, H, W)) and, for segment samples, "segment_sample" True
+                (G = 1, the image is the segment's crop); at inference "sem_seg" (H, W) ground-truth labels (any
+                class list: only its segments are used) and optional "height"/"width".
         Returns:
             training: ``{"loss_prompt": cross-entropy}``; inference: per image ``{"sem_seg": (K, height, width)}``.
         """
@@ -154,24 +200,40 @@ class PromptLearnerCLIP(nn.Module):
             labels = labels[labels != self.ignore_label]
             masks = sem_seg[None] == labels[:, None, None]  # (G, H, W)
             emb, valid = self.encode_segments(x["image"], masks)
-            probs = (self.region_classifier.logit_scale * emb @ text.T).softmax(-1) * valid[:, None]
+            probs = (self.logit_scale * emb @ text.T).softmax(-1) * valid[:, None]
             scores = torch.einsum("gk,ghw->khw", probs, masks.float())
             height, width = x.get("height", sem_seg.shape[0]), x.get("width", sem_seg.shape[1])
             results.append({"sem_seg": OpenVocabSegmentor.resize_to_output(scores, sem_seg.shape, height, width)})
         return results
 
     def losses(self, batched_inputs: List[Dict]) -> Tensor:
-        """Cross-entropy of all ground-truth segments of the batch against the training classes' prompts."""
+        """Cross-entropy of the batch's segments against the training classes' prompts (segment samples, or all
+        ground-truth segments of whole images; see the module docstring)."""
+        samples = [bool(x.get("segment_sample", False)) for x in batched_inputs]
+        if any(samples) and not all(samples):
+            raise ValueError("a training batch mixes segment samples and whole images")
         feats, labels = [], []
-        for x in batched_inputs:
-            inst = x["instances"]
-            masks = inst.gt_masks.tensor if hasattr(inst.gt_masks, "tensor") else inst.gt_masks
-            emb, valid = self.encode_segments(x["image"], masks.to(self.device).bool())
-            feats.append(emb[valid])
-            labels.append(inst.gt_classes.to(self.device)[valid])
+        if all(samples):
+            sizes = {tuple(x["image"].shape[-2:]) for x in batched_inputs}
+            if len(sizes) != 1:
+                raise ValueError(f"segment samples of one batch must share their size, got {sorted(sizes)}")
+            masks = torch.stack([_gt_masks(x)[0] for x in batched_inputs])
+            feats.append(self.encode_samples(torch.stack([x["image"] for x in batched_inputs]), masks))
+            labels.append(torch.cat([x["instances"].gt_classes[:1] for x in batched_inputs]).to(self.device))
+        else:
+            for x in batched_inputs:
+                emb, valid = self.encode_segments(x["image"], _gt_masks(x).to(self.device))
+                feats.append(emb[valid])
+                labels.append(x["instances"].gt_classes.to(self.device)[valid])
         text = self.text_embeddings(self.train_class_names)
         feats, labels = torch.cat(feats), torch.cat(labels)
         if labels.numel() == 0:  # no segment in the batch: a zero loss that still reaches the context
             return text.sum() * 0.0
-        logits = self.region_classifier.logit_scale * feats @ text.T
+        logits = self.logit_scale * feats @ text.T
         return F.cross_entropy(logits, labels)
+
+
+def _gt_masks(x: Dict) -> Tensor:
+    """(G, H, W) bool ground-truth masks of a training input (BitMasks or a tensor)."""
+    masks = x["instances"].gt_masks
+    return (masks.tensor if hasattr(masks, "tensor") else masks).bool()
