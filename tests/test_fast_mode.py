@@ -308,9 +308,9 @@ def test_class_prob_bound_holds_for_any_clip_output(opts, tiny_clip_path):
 
 def test_uncertain_pixels_match_the_definition():
     g = torch.Generator().manual_seed(0)
-    scores = torch.rand(5, 6, 7, generator=g)
+    scores = torch.rand(5, 21, 23, generator=g)
     upper = torch.rand(4, 5, generator=g) * 0.3
-    basis = torch.rand(4, 6, 7, generator=g)
+    basis = torch.rand(4, 21, 23, generator=g)
     uncertain, margin = uncertain_pixels(scores, upper, basis, tol=1e-4)
     slack = torch.einsum("qc,qhw->chw", upper, basis)
     best = scores.argmax(0, keepdim=True)
@@ -328,6 +328,13 @@ def test_needed_queries_leave_out_what_fits_under_the_margin():
     need = needed_queries(uncertain, torch.tensor([[0.5, 0.0]]), torch.ones(4), basis)
     assert need.tolist() == [False, True, False, True]
     assert not needed_queries(uncertain, torch.tensor([[2.0, 0.0]]), torch.ones(4), basis).any()
+    # two uncertain pixels; the second (margin 0.05) needs all four queries: with one pixel allowed to stay
+    # uncertain, it is given up and only the first pixel's needs count
+    both = torch.tensor([[True, True]])
+    basis = torch.tensor([[0.1, 0.1], [0.3, 0.1], [0.2, 0.1], [0.4, 0.1]]).view(4, 1, 2)
+    margins = torch.tensor([[0.5, 0.05]])
+    assert needed_queries(both, margins, torch.ones(4), basis).all()
+    assert needed_queries(both, margins, torch.ones(4), basis, may_stay=1).tolist() == [False, True, False, True]
 
 
 @pytest.mark.parametrize("resize_first", [True, False])

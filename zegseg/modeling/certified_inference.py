@@ -30,12 +30,16 @@ from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
-__all__ = ["ROUNDING_TOLERANCE", "certified_semantic_map", "needed_queries", "score_basis", "uncertain_pixels"]
+__all__ = ["BLOCK", "ROUNDING_TOLERANCE", "certified_semantic_map", "needed_queries", "score_basis", "uncertain_pixels"]
 
 ROUNDING_TOLERANCE = 1e-4
 """Margin, relative to the map's largest absolute score (at least 1), a pixel needs beyond its bound to count as
 certified: far above float32 rounding of sums of a few hundred terms, far below any margin that matters."""
+
+BLOCK = 4
+"""Side, in output pixels, of the blocks of :func:`uncertain_pixels`' middle test."""
 
 
 def score_basis(padded_masks: Tensor, resize: Callable[[Tensor], Tensor], resize_masks_first: bool) -> Tensor:
@@ -58,8 +62,10 @@ def score_basis(padded_masks: Tensor, resize: Callable[[Tensor], Tensor], resize
 def uncertain_pixels(scores: Tensor, upper: Tensor, basis: Tensor, tol: float) -> Tuple[Tensor, Tensor]:
     """Pixels whose class the unsent queries could still change.
 
-    A cheap class-independent test (``R <= sum_q max_c upper_q(c) · basis_q``) settles most pixels; the per-class
-    slack ``R[c]`` is computed only on the rest.
+    Three tests, each exact about what it certifies and each run only on the pixels the one before left open: a
+    class-independent slack (``R[c] <= sum_q max_c upper_q(c) · basis_q``), the per-class slack computed on
+    blocks of :data:`BLOCK` × :data:`BLOCK` pixels (each query's largest weight in the block), and the per-class
+    slack of the pixel itself.
 
     Args:
         scores: (K, H, W) calibrated scores of the queries sent.
@@ -70,46 +76,57 @@ def uncertain_pixels(scores: Tensor, upper: Tensor, basis: Tensor, tol: float) -
         uncertain: (H, W) bool.
         margin: (H, W) ``scores[c*] - max_{c != c*} scores[c] - tol`` (what the unsent queries must stay below).
     """
-    top = scores.topk(2, dim=0) if len(scores) > 1 else None
-    if top is None:  # one class: nothing to decide
+    if len(scores) == 1:  # one class: nothing to decide
         return torch.zeros(scores.shape[1:], dtype=torch.bool, device=scores.device), scores[0]
+    top = scores.topk(2, dim=0)
     margin = top.values[0] - top.values[1] - tol
     flat_basis = basis.flatten(1)
-    coarse = (upper.amax(dim=1) @ flat_basis).view_as(margin)  # (H, W) >= R[c] for every c
-    uncertain = coarse >= margin
-    pixels = uncertain.flatten().nonzero().squeeze(1)
-    if len(pixels):
+    uncertain = (upper.amax(dim=1) @ flat_basis).view_as(margin) >= margin
+    height, width = margin.shape
+    blocks = F.max_pool2d(basis[None], BLOCK, ceil_mode=True)[0]  # (U, H / BLOCK, W / BLOCK)
+    block_slack = torch.einsum("qc,qhw->chw", upper, blocks).flatten(1)  # (K, blocks)
+    rows = torch.arange(height, device=margin.device) // BLOCK
+    cols = torch.arange(width, device=margin.device) // BLOCK
+    block_of = (rows[:, None] * blocks.shape[2] + cols[None]).flatten()  # (H * W,) each pixel's block
+    for slack in (lambda pixels: block_slack[:, block_of[pixels]], lambda pixels: upper.T @ flat_basis[:, pixels]):
+        pixels = uncertain.flatten().nonzero().squeeze(1)
+        if not len(pixels):
+            break
         flat = scores.flatten(1)[:, pixels]  # (K, N)
-        best = top.indices[0].flatten()[pixels]  # (N,)
-        rivals = (upper.T @ flat_basis[:, pixels]).add_(flat)  # (K, N): A[c] + R[c]
-        rivals[best, torch.arange(len(pixels), device=rivals.device)] = float("-inf")
-        best_score = flat[best, torch.arange(len(pixels), device=flat.device)]
-        uncertain.view(-1)[pixels] = best_score <= rivals.amax(dim=0) + tol
+        columns = torch.arange(len(pixels), device=flat.device)
+        best = top.indices[0].flatten()[pixels]
+        rivals = slack(pixels).add_(flat)  # (K, N): at least A[c] + R[c]
+        rivals[best, columns] = float("-inf")
+        uncertain.view(-1)[pixels] = flat[best, columns] <= rivals.amax(dim=0) + tol
     return uncertain, margin
 
 
-def needed_queries(uncertain: Tensor, margin: Tensor, weight: Tensor, basis: Tensor) -> Tensor:
-    """The unsent queries that must be sent for every uncertain pixel to become certified, if the queries sent
+def needed_queries(uncertain: Tensor, margin: Tensor, weight: Tensor, basis: Tensor, may_stay: int = 0) -> Tensor:
+    """The unsent queries that must be sent for the uncertain pixels to become certified, if the queries sent
     were to add nothing to any class (the usual case for the "no object" queries that make up most of the rest).
 
     Per uncertain pixel, the queries of smallest weight there are left out as long as their summed weight stays
-    below the pixel's margin; the others are needed.
+    below the pixel's margin; the others are needed. The ``may_stay`` pixels that need the most queries are
+    given up (they may stay uncertain).
 
     Args:
         uncertain: (H, W) bool, from :func:`uncertain_pixels`.
         margin: (H, W) the pixels' margins.
         weight: (U,) ``max_c upper_q(c)`` of the unsent queries.
         basis: (U, H, W) their maps.
+        may_stay: how many uncertain pixels need not be certified.
     Returns:
         (U,) bool.
     """
     pixels = uncertain.flatten().nonzero().squeeze(1)
-    w = weight[:, None] * basis.flatten(1)[:, pixels]  # (U, N)
-    ascending, order = w.sort(dim=0)
-    over = ascending.cumsum(dim=0) >= margin.flatten()[pixels].clamp(min=0)[None]
+    w = (weight[:, None] * basis.flatten(1)[:, pixels]).T.contiguous()  # (N, U)
+    ascending, order = w.sort(dim=1)
+    over = ascending.cumsum(dim=1) >= margin.flatten()[pixels].clamp(min=0)[:, None]
+    if may_stay > 0:
+        over[over.sum(dim=1).topk(min(may_stay, len(pixels))).indices] = False
     need = torch.zeros_like(over)
-    need.scatter_(0, order, over)
-    return need.any(dim=1)
+    need.scatter_(1, order, over)
+    return need.any(dim=0)
 
 
 def certified_semantic_map(
@@ -159,9 +176,10 @@ def certified_semantic_map(
         tol = ROUNDING_TOLERANCE * max(1.0, float(scores.abs().max()))
         unsent = (~known).nonzero().squeeze(1)
         uncertain, margin = uncertain_pixels(scores, upper[unsent], basis[unsent], tol)
-        if float(uncertain.float().mean()) <= uncertain_fraction:
+        may_stay = int(uncertain_fraction * uncertain.numel())
+        if int(uncertain.sum()) <= may_stay:
             return scores, known
-        need = needed_queries(uncertain, margin, upper[unsent].amax(dim=1), basis[unsent])
+        need = needed_queries(uncertain, margin, upper[unsent].amax(dim=1), basis[unsent], may_stay)
         if not bool(need.any()) or int(need.sum()) + round_cost >= len(unsent):
             sent[:] = True  # a round cannot finish cheaper than sending the rest at once
         else:
