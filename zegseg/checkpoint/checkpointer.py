@@ -49,13 +49,12 @@ def _torch_load(path: str) -> Any:
         with PathManager.open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise UnreadableCheckpointError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
-        named = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = named.group(1) if named else "a Python object"
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the function or class it refused
+        if named is None:
+            raise _unreadable(path, "not a torch checkpoint") from None
         raise UnsafeCheckpointError(
-            f"refusing weights {path}: it needs {what}, which could run code; only files of tensors and plain "
-            "data are loaded (nothing was run)"
+            f"refusing weights {path}: it needs {named.group(1)}, which could run code; only files of tensors and "
+            "plain data are loaded (nothing was run)"
         ) from None
     except RuntimeError as e:
         if "TorchScript" in str(e):

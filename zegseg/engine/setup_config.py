@@ -11,6 +11,8 @@ import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_zegseg_config
 
@@ -118,4 +120,5 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="zegseg")  # zegseg's lines in log.txt too
     return cfg
