@@ -126,7 +126,7 @@ def _official_zegformer(spec: Dict, clip_state: Dict, root: Path, config: str, k
     cfg = get_cfg()
     add_deeplab_config(cfg)
     mask_former.add_mask_former_config(cfg)
-    cfg.merge_from_file(str(root / config))
+    cfg.merge_from_file(str(root / config), allow_unsafe=False)  # plain YAML: never run a config's tags
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
         "DATASETS.TEST", (VOCAB_NAME,), "DATASETS.VAL_ALL", (VOCAB_NAME,),
@@ -172,7 +172,7 @@ def _official_zsseg(spec: Dict, clip_state: Dict, root: Path, config: str, keys_
     cfg = get_cfg()
     add_deeplab_config(cfg)
     mask_former.add_mask_former_config(cfg)
-    cfg.merge_from_file(str(root / config))
+    cfg.merge_from_file(str(root / config), allow_unsafe=False)  # plain YAML: never run a config's tags
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TEST", (VOCAB_NAME,)])
     torch.manual_seed(spec["seed"])
     model = build_model(cfg).eval()

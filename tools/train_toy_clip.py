@@ -293,7 +293,7 @@ def main() -> None:
     step = 0
     ckpt_path = out_dir / "last.pth"
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         if ckpt["arch"] != _arch_args(args) or ckpt["seed"] != args.seed:
             raise ValueError(f"{ckpt_path} was trained with {ckpt['arch']} seed {ckpt['seed']}; use another --out-dir")
         model.load_state_dict(ckpt["model"])
