@@ -285,7 +285,8 @@ def test_uncertain_fraction_bounds_the_pixels_that_differ(tiny_clip_path):
     ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "False", "MODEL.ZEGFORMER.ENSEMBLE_MODE", "all"],
     ["MODEL.CLIP.CROP_PROCEDURE", "roi_align"],
     ["MODEL.META_ARCHITECTURE", "TwoStageCLIP", "MODEL.CLIP.CROP_PROCEDURE", "roi_align"],
-    ["MODEL.META_ARCHITECTURE", "TwoStageCLIP", "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.0"],
+    ["MODEL.META_ARCHITECTURE", "TwoStageCLIP", "MODEL.CLIP.CROP_PROCEDURE", "simple_baseline",
+     "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.0"],
 ])
 def test_class_prob_bound_holds_for_any_clip_output(opts, tiny_clip_path):
     model = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, *opts, queries=6)

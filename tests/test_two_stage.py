@@ -165,6 +165,8 @@ def test_simple_baseline_crop_procedure_feeds_clip_the_official_crops(tiny_clip_
     assert torch.equal(clip_logits[2], torch.zeros_like(clip_logits[2]))
     with pytest.raises(ValueError, match="cropmask"):
         tiny_two_stage(tiny_clip_path, "MODEL.CLIP.CROP_PROCEDURE", "simple_baseline", "MODEL.CLIP.CROP_STYLE", "mask")
+    with pytest.raises(ValueError, match="abstain"):
+        tiny_two_stage(tiny_clip_path, "MODEL.CLIP.CROP_PROCEDURE", "zegformer")
 
 
 def test_checkpoint_excludes_clip_and_round_trips(tiny_clip_path):

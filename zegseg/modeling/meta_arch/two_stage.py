@@ -24,10 +24,12 @@ class TwoStageCLIP(MaskClassificationSegmentor):
     text embeddings of the vocabulary plus a learnable, L2-normalised "no object" embedding (CE + focal + dice,
     Hungarian matching). Stage 2 (inference only): each proposal's mask (``sigmoid > MODEL.CLIP.MASK_THRESHOLD``)
     gives a box (scaled by MODEL.CLIP.CROP_EXPAND_RATIO), the crop's outside-mask pixels take CLIP's mean colour,
-    and the frozen CLIP image encoder classifies it (``100 · cos`` against the same text embeddings; all crops of
-    an image in chunked batches; empty masks are skipped). The two distributions are ensembled with weight w:
-    seen classes ``p_mf^w · p_clip^(1-w)``, unseen classes ``p_mf^(1-w) · p_clip^w``; with ``w <= 0`` CLIP's
-    distribution is used alone. The per-proposal distributions are assembled into a per-pixel semantic map.
+    and the frozen CLIP image encoder classifies it (``MODEL.CLIP.LOGIT_SCALE · cos``, 100 in the paper, against
+    the same text embeddings, softmax over the K classes). The crop procedure (MODEL.CLIP.CROP_PROCEDURE) is the
+    official code's ``simple_baseline`` (integer boxes, bicubic resize) or zegseg's ``roi_align``; both skip
+    empty masks, on which CLIP abstains. The two distributions are ensembled with weight w: seen classes
+    ``p_mf^w · p_clip^(1-w)``, unseen classes ``p_mf^(1-w) · p_clip^w``; with ``w <= 0`` CLIP's distribution is
+    used alone. The per-proposal distributions are assembled into a per-pixel semantic map.
 
     Text embeddings come from prompt templates (MODEL.CLIP.TEMPLATES) or learned prompts (file named by
     MODEL.CLIP.PROMPT_LEARNER.WEIGHTS, trained by :class:`~zegseg.modeling.meta_arch.PromptLearnerCLIP`).
@@ -55,6 +57,11 @@ class TwoStageCLIP(MaskClassificationSegmentor):
         ts = cfg.MODEL.TWO_STAGE
         if ts.LOGIT_SCALE <= 0:
             raise ValueError(f"MODEL.TWO_STAGE.LOGIT_SCALE must be positive, got {ts.LOGIT_SCALE}")
+        if cfg.MODEL.CLIP.CROP_PROCEDURE == "zegformer":
+            raise ValueError(
+                "TwoStageCLIP needs MODEL.CLIP.CROP_PROCEDURE simple_baseline (the paper's) or roi_align: the "
+                "zegformer procedure gives empty proposals a blank crop, where the two-stage model lets CLIP abstain"
+            )
         return {
             **cls.network_config(
                 cfg, temperature=1.0 / ts.LOGIT_SCALE, normalize_no_object=True, clip_image_branch=True
