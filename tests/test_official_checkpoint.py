@@ -194,6 +194,23 @@ def test_reading_pkl_pth_and_refusing_unsafe_or_broken_files(tmp_path):
         assert "\n" not in str(info.value)
 
 
+def test_detectron2_training_checkpoints_with_optimizer_and_scheduler_are_read(tmp_path):
+    """Released checkpoints are detectron2 training checkpoints (the official trainers use DeepLab's WarmupPolyLR)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    scheduler = WarmupPolyLR(optimizer, 100, warmup_iters=0)
+    model(torch.randn(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    checkpointer = DetectionCheckpointer(model, str(tmp_path), optimizer=optimizer, scheduler=scheduler)
+    checkpointer.save("model_final", iteration=5)
+    state = load_official_state_dict(tmp_path / "model_final.pth")
+    assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], model.weight.detach())
+
+
 # ---------------------------------------------------------------------------------------------------- the CLI
 @pytest.fixture(scope="module")
 def cli():
