@@ -303,10 +303,12 @@ def test_prompt_learning_inference_classifies_ground_truth_segments(tiny_clip_pa
         model([{"image": x["image"]}])
 
 
-def test_prompt_training_run_saves_prompts_that_two_stage_loads(tiny_clip_path, tmp_path):
+@pytest.mark.parametrize("mapper", ["segment_crop", "mask_former_semantic"])
+def test_prompt_training_run_saves_prompts_that_two_stage_loads(tiny_clip_path, tmp_path, monkeypatch, mapper):
+    monkeypatch.setenv("ZEGSEG_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "datasets"
     generate_toy_world(root, counts={"train": 4, "val": 2}, size=64, workers=1)
-    register_all_toy(root, prefix="ts_mini_")
+    register_all_toy(root, prefix=f"ts_mini_{mapper}_")
     out = tmp_path / "prompts"
     cfg = load_config(
         "configs/toy/two_stage_prompt_learning.yaml",
@@ -314,14 +316,20 @@ def test_prompt_training_run_saves_prompts_that_two_stage_loads(tiny_clip_path, 
             "MODEL.DEVICE", "cpu",
             "MODEL.CLIP.NAME", str(tiny_clip_path),
             "MODEL.CLIP.PROMPT_LEARNER.N_CTX", "4",
-            "DATASETS.TRAIN", "('ts_mini_toy_train_seen_sem_seg',)",
-            "DATASETS.TEST", "('ts_mini_toy_val_all_sem_seg',)",
+            "DATASETS.TRAIN", f"('ts_mini_{mapper}_toy_train_seen_sem_seg',)",
+            "DATASETS.TEST", f"('ts_mini_{mapper}_toy_val_all_sem_seg',)",
             "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
+            "INPUT.DATASET_MAPPER_NAME", mapper,
+            "INPUT.SEGMENT_CROP.SIZE", "(40, 32)",  # not the tiny CLIP's 32 x 32: its positional grid is resized
+            "DATASETS.SAMPLE_PER_CLASS", "2",
             "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
             "DATALOADER.NUM_WORKERS", "0",
             "OUTPUT_DIR", str(out),
         ],
     )
+    if mapper == "segment_crop":
+        batch = next(iter(ZegsegTrainer.build_train_loader(cfg)))
+        assert all(x["segment_sample"] and x["image"].shape == (3, 40, 32) for x in batch)
     trainer = ZegsegTrainer(cfg)
     initial = trainer.model.prompt_learner.ctx.detach().clone()
     trainer.resume_or_load(resume=False)
