@@ -1,6 +1,7 @@
 """CLIP-side building blocks: prompt sets, cached text embeddings, learned prompts, region crops, the text
 classifier and the inference arithmetic."""
 
+import copy
 import math
 
 import pytest
@@ -522,3 +523,19 @@ def test_calibrate_seen_classes():
     torch.testing.assert_close(scores, out)
     with pytest.raises(ValueError, match="seen has shape"):
         calibrate(scores, torch.tensor([True]), 0.1)
+
+
+def test_load_clip_keeps_fp32_when_asked(tiny_clip_path):
+    """fp32 on CPU always; ``half_on_gpu=False`` keeps fp32 on CUDA too (the simple baseline's precision)."""
+    assert load_clip(str(tiny_clip_path)).text_projection.dtype == torch.float32
+    assert load_clip(str(tiny_clip_path), half_on_gpu=False).text_projection.dtype == torch.float32
+    if torch.cuda.is_available():
+        assert load_clip(str(tiny_clip_path), device="cuda").text_projection.dtype == torch.float16
+        kept = load_clip(str(tiny_clip_path), device="cuda", half_on_gpu=False)
+        assert kept.text_projection.dtype == torch.float32
+
+
+def test_cache_key_depends_on_the_text_towers_dtype(clip_model, tmp_path):
+    key = TextEmbedder(clip_model, ["a photo of a {}."], cache_dir=tmp_path, fingerprint="f").cache_key(["cat"])
+    half = TextEmbedder(copy.deepcopy(clip_model).half(), ["a photo of a {}."], cache_dir=tmp_path, fingerprint="f")
+    assert half.cache_key(["cat"]) != key

@@ -82,6 +82,7 @@ def test_zegformer_inference(cfg):
     clip = cfg.MODEL.CLIP
     assert (clip.CROP_PROCEDURE, clip.CROP_STYLE, clip.MASK_THRESHOLD) == ("zegformer", "cropmask", 0.5)
     assert clip.LOGIT_SCALE <= 0  # CLIP's own logit_scale.exp()
+    assert clip.HALF_ON_GPU is True and clip.AMP is True  # the official clip.load(jit=False) gives fp16 on a GPU
     assert clip.FAST_MODE.ENABLED is False and clip.PROMPT_LEARNER.WEIGHTS == ""
     assert cfg.TEST.AMP is False and cfg.TEST.RESIZE_MASKS_FIRST is False
     assert cfg.TEST.VOCABULARY == [] and cfg.TEST.UNSEEN_CLASSES == []

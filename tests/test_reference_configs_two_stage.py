@@ -112,6 +112,7 @@ def test_two_stage_inference(cfg):
     )
     assert clip.LOGIT_SCALE == 100.0  # get_sim_logits(temperature=100), not CLIP's learned scale
     assert clip.AMP is False and cfg.TEST.AMP is False  # fp32 (the official loader casts CLIP to fp32)
+    assert clip.HALF_ON_GPU is False
     assert cfg.MODEL.TWO_STAGE.ENSEMBLE_WEIGHT == 0.8  # CLIP_ENSEMBLE_WEIGHT (add_our_config default)
     assert cfg.TEST.RESIZE_MASKS_FIRST is False  # the class map is built, then resized to the output
     assert clip.FAST_MODE.ENABLED is False
@@ -124,7 +125,7 @@ def test_prompt_learning_recipe(prompt_cfg):
     clip = cfg.MODEL.CLIP
     assert clip.NAME == "ViT-B/16" and clip.PROMPT_LEARNER.N_CTX == 16  # PROMPT_SHAPE (16, 0)
     assert clip.PROMPT_LEARNER.MASK_FILL == "normalized_mean" and clip.LOGIT_SCALE == 100.0
-    assert clip.CROP_EXPAND_RATIO == 1.0 and clip.AMP is False
+    assert clip.CROP_EXPAND_RATIO == 1.0 and clip.AMP is False and clip.HALF_ON_GPU is False
     assert cfg.DATASETS.TRAIN == ("coco_stuff_train_seen_sem_seg",)
     assert (cfg.DATASETS.SAMPLE_PER_CLASS, cfg.DATASETS.SAMPLE_SEED) == (32, 0)
     assert cfg.INPUT.DATASET_MAPPER_NAME == "segment_crop" and cfg.INPUT.FORMAT == "RGB"

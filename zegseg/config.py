@@ -52,6 +52,7 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.CROP_EXPAND_RATIO = 1.0  # scale each mask's box by this before cropping (not "zegformer")
     cfg.MODEL.CLIP.CHUNK_SIZE = 32  # crops per CLIP image-encoder forward (bounds memory)
     cfg.MODEL.CLIP.LOGIT_SCALE = 0.0  # multiplier of crop-text cosines; <= 0: CLIP's own logit_scale.exp()
+    cfg.MODEL.CLIP.HALF_ON_GPU = True  # CLIP's weights in fp16 on GPU (OpenAI's; official ZegFormer); False: fp32
     cfg.MODEL.CLIP.AMP = True  # autocast CLIP's image encoder on GPU (the official ZegFormer runs CLIP in fp16)
     cfg.MODEL.CLIP.FAST_MODE = CN()  # approximate inference: fewer crops to CLIP (zegseg.modeling.query_selection)
     cfg.MODEL.CLIP.FAST_MODE.ENABLED = False  # False: exact mode, every query's crop goes to CLIP

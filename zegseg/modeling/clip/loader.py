@@ -114,17 +114,19 @@ def load_clip(
     name_or_path: str,
     device: Union[str, torch.device] = "cpu",
     weights_dir: Optional[Union[str, Path]] = None,
+    half_on_gpu: bool = True,
 ) -> CLIP:
     """Load a frozen CLIP model in eval mode.
 
-    The model is fp32 on CPU and fp16 on CUDA (as OpenAI's releases). ``model.visual.input_resolution`` gives
-    the crop size the image encoder expects; ``model.checkpoint_path`` records the file it came from.
+    The model is fp32 on CPU; on CUDA it is fp16 (as OpenAI's releases, and as the official ZegFormer runs it)
+    unless ``half_on_gpu`` is False (fp32, as the official simple baseline runs it). ``model.visual.input_resolution``
+    gives the crop size the image encoder expects; ``model.checkpoint_path`` records the file it came from.
     """
     path = resolve_clip_path(name_or_path, weights_dir)
     model = build_model(_read_state_dict(path))
     device = torch.device(device)
     model = model.to(device)
-    if device.type == "cpu":
+    if device.type == "cpu" or not half_on_gpu:
         model = model.float()
     model.requires_grad_(False)
     model.checkpoint_path = str(path)

@@ -150,7 +150,7 @@ class TextEmbedder:
 
     Call it with a list of names. Embeddings are computed once: names already embedded come from an in-memory
     dict; a vocabulary embedded in an earlier run comes from a ``.pt`` file under ``cache_dir`` whose name is the
-    SHA-256 of (checkpoint fingerprint, encoder tag, templates, names). Files are written atomically.
+    SHA-256 of (checkpoint fingerprint, encoder tag, text tower dtype, templates, names). Files are written atomically.
 
     Not an ``nn.Module``: it holds no trainable state, so a model may keep it as a plain attribute.
     """
@@ -208,8 +208,10 @@ class TextEmbedder:
 
     def cache_key(self, class_names: Sequence[str]) -> str:
         """Hex SHA-256 naming the disk-cache file of this vocabulary."""
+        dtype = str(self._clip_model.text_projection.dtype)  # fp16 and fp32 text towers give different embeddings
         payload = json.dumps(
-            [_CACHE_FORMAT, self.fingerprint, self.encoder_tag, self.templates, list(class_names)], ensure_ascii=False
+            [_CACHE_FORMAT, self.fingerprint, self.encoder_tag, dtype, self.templates, list(class_names)],
+            ensure_ascii=False,
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 

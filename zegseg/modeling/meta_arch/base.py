@@ -40,7 +40,12 @@ def build_clip_and_text_embedders(cfg: CfgNode) -> Tuple[nn.Module, Dict[str, Op
     file, the learned context vectors stored there serve every vocabulary (any class name works: the context is
     shared by all classes).
     """
-    clip_model = load_clip(cfg.MODEL.CLIP.NAME, device=cfg.MODEL.DEVICE, weights_dir=cfg.MODEL.CLIP.WEIGHTS_DIR or None)
+    clip_model = load_clip(
+        cfg.MODEL.CLIP.NAME,
+        device=cfg.MODEL.DEVICE,
+        weights_dir=cfg.MODEL.CLIP.WEIGHTS_DIR or None,
+        half_on_gpu=cfg.MODEL.CLIP.HALF_ON_GPU,
+    )
     cache_dir = cfg.MODEL.CLIP.EMBED_CACHE_DIR or None
     if cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS:
         learner = load_prompt_learner(cfg.MODEL.CLIP.PROMPT_LEARNER.WEIGHTS, clip_model)

@@ -97,7 +97,12 @@ class PromptLearnerCLIP(nn.Module):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
         clip_cfg = cfg.MODEL.CLIP
-        clip_model = load_clip(clip_cfg.NAME, device=cfg.MODEL.DEVICE, weights_dir=clip_cfg.WEIGHTS_DIR or None)
+        clip_model = load_clip(
+            clip_cfg.NAME,
+            device=cfg.MODEL.DEVICE,
+            weights_dir=clip_cfg.WEIGHTS_DIR or None,
+            half_on_gpu=clip_cfg.HALF_ON_GPU,
+        )
         weights = clip_cfg.PROMPT_LEARNER.WEIGHTS
         learner = load_prompt_learner(weights, clip_model) if weights else PromptLearner(cfg, clip_model)
         vocabularies = default_vocabularies(cfg)
