@@ -270,9 +270,11 @@ def test_prompt_learning_rejects_mixed_or_unequal_batches(tiny_clip_path):
         tiny_prompt_learner_model(tiny_clip_path, "MODEL.CLIP.PROMPT_LEARNER.MASK_FILL", "zero")
 
 
-def test_prompt_learning_lowers_the_loss(tiny_clip_path):
+@pytest.mark.parametrize("inputs", ["whole_images", "segment_samples"])
+def test_prompt_learning_lowers_the_loss(tiny_clip_path, inputs):
     model = tiny_prompt_learner_model(tiny_clip_path).train()
-    batch = synthetic_batch(len(model.train_class_names), n=4, seed=2)
+    k = len(model.train_class_names)
+    batch = synthetic_batch(k, n=4, seed=2) if inputs == "whole_images" else segment_samples(k, n=6, seed=2)
     opt = torch.optim.SGD(model.prompt_learner.parameters(), lr=2e-4, momentum=0.9)
     totals = []
     for _ in range(15):
@@ -280,7 +282,7 @@ def test_prompt_learning_lowers_the_loss(tiny_clip_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        totals.append(float(loss))
+        totals.append(float(loss.detach()))
     assert totals[-1] < 0.7 * totals[0], totals
 
 
