@@ -326,6 +326,7 @@ def test_parity_metrics(parity):
     ref = torch.tensor([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]])
     row = parity.compare("x", ref + torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.5, 0.0]]), ref, "argmax")
     assert row["max_abs"] == 1.5 and row["mean_abs"] == 0.25 and row["agreement"] == 0.5
+    assert row["flips"] == 1 and row["max_flip_margin"] == 1.0  # official top-2 margin (3 - 2) where it flipped
     assert parity.compare("m", -ref, ref, "sign")["agreement"] == pytest.approx(1 / 6)  # only the zero agrees
     assert parity.compare("k", ref.T, ref.T, "argmax_classes_first")["agreement"] == 1.0
     assert "error" in parity.compare("s", ref[:1], ref, "")
