@@ -347,3 +347,22 @@ def test_parity_inputs_are_shared_and_reproducible(parity, tmp_path):
     assert torch.equal(image, parity.synthetic_image(48, seed=3)) and image.float().std() > 10
     with pytest.raises(SystemExit):  # not an official checkout
         parity.parse_args(["--official-root", str(tmp_path), "--model", "zegformer"])
+
+
+def test_official_configs_are_merged_without_running_their_tags(parity, tmp_path, capsys):
+    from detectron2.config import get_cfg
+
+    marker = tmp_path / "ran"
+    (tmp_path / "base.yaml").write_text(
+        "INPUT:\n"
+        f"  MIN_SIZE_TRAIN: !!python/object/apply:os.system [\"touch {marker}\"]\n"
+        "  MIN_SIZE_TEST: 512\n"
+        "MODEL:\n  PIXEL_STD: [1.0, 2.0, 3.0]\n"
+    )
+    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nINPUT:\n  MIN_SIZE_TEST: 640\n")
+    cfg = get_cfg()
+    parity.merge_official_config(cfg, tmp_path / "child.yaml", tmp_path)
+    assert not marker.exists()
+    assert cfg.INPUT.MIN_SIZE_TEST == 640 and cfg.MODEL.PIXEL_STD == [1.0, 2.0, 3.0]
+    assert cfg.INPUT.MIN_SIZE_TRAIN == get_cfg().INPUT.MIN_SIZE_TRAIN
+    assert "INPUT.MIN_SIZE_TRAIN (!!python/object/apply:os.system)" in capsys.readouterr().out

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import yaml
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +102,66 @@ def _perturb(model: torch.nn.Module, seed: int, skip: Sequence[str]) -> None:
             t.add_(0.1 * torch.randn(t.shape, generator=g))
 
 
+class _CodeTag:
+    """Stands for a YAML value that a ``!!python/...`` tag would compute by running code (never run here)."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+
+class _OfficialConfigLoader(yaml.SafeLoader):
+    """Safe YAML that reads ``!!python/...`` tags as :class:`_CodeTag` placeholders instead of running them."""
+
+
+_OfficialConfigLoader.add_multi_constructor(
+    "tag:yaml.org,2002:python/", lambda loader, suffix, node: _CodeTag("!!python/" + suffix)
+)
+
+
+def _read_official_yaml(path: Path) -> Dict:
+    """A config file and its ``_BASE_`` chain (later files override earlier ones), safely."""
+    with open(path) as f:
+        data = yaml.load(f, Loader=_OfficialConfigLoader) or {}
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+    merged = _read_official_yaml(path.parent / base)
+
+    def merge(src: Dict, dst: Dict) -> None:
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                merge(v, dst[k])
+            else:
+                dst[k] = v
+
+    merge(data, merged)
+    return merged
+
+
+def _drop_code_tags(node: Dict, prefix: str = "") -> List[str]:
+    """Remove the placeholders of :func:`_read_official_yaml` in place; returns the keys removed."""
+    dropped = []
+    for k in list(node):
+        if isinstance(node[k], _CodeTag):
+            dropped.append(f"{prefix}{k} ({node.pop(k).tag})")
+        elif isinstance(node[k], dict):
+            dropped += _drop_code_tags(node[k], f"{prefix}{k}.")
+    return dropped
+
+
+def merge_official_config(cfg, path: Path, workdir: Path) -> None:
+    """Merge an official config into ``cfg`` without running code: values computed by ``!!python/...`` tags (the
+    official base configs compute the training scales with ``eval``) keep the defaults, which inference never
+    reads; the keys concerned are printed."""
+    data = _read_official_yaml(path)
+    dropped = _drop_code_tags(data)
+    if dropped:
+        print(f"[official] not evaluated (code in the YAML; training only): {', '.join(dropped)}", flush=True)
+    flat = workdir / "official_config.yaml"
+    flat.write_text(yaml.safe_dump(data))
+    cfg.merge_from_file(str(flat), allow_unsafe=False)
+
+
 def _official_zegformer(spec: Dict, clip_state: Dict, root: Path, config: str, keys_only: bool):
     import mask_former
     from detectron2.config import get_cfg
@@ -126,7 +187,7 @@ def _official_zegformer(spec: Dict, clip_state: Dict, root: Path, config: str, k
     cfg = get_cfg()
     add_deeplab_config(cfg)
     mask_former.add_mask_former_config(cfg)
-    cfg.merge_from_file(str(root / config), allow_unsafe=False)  # plain YAML: never run a config's tags
+    merge_official_config(cfg, root / config, Path(spec["workdir"]))
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
         "DATASETS.TEST", (VOCAB_NAME,), "DATASETS.VAL_ALL", (VOCAB_NAME,),
@@ -172,7 +233,7 @@ def _official_zsseg(spec: Dict, clip_state: Dict, root: Path, config: str, keys_
     cfg = get_cfg()
     add_deeplab_config(cfg)
     mask_former.add_mask_former_config(cfg)
-    cfg.merge_from_file(str(root / config), allow_unsafe=False)  # plain YAML: never run a config's tags
+    merge_official_config(cfg, root / config, Path(spec["workdir"]))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TEST", (VOCAB_NAME,)])
     torch.manual_seed(spec["seed"])
     model = build_model(cfg).eval()
