@@ -150,7 +150,7 @@ class ClipProbe:
     """Images, CLIP calls, crops and seconds spent in a model's CLIP image branch, and seconds in its network.
 
     Images are counted where they enter the model (``model.forward`` at inference: one per input dict), never per
-    CLIP call: certified fast mode calls CLIP once per round, several times per image. Wraps
+    CLIP call (a model may call CLIP more than once per image). Wraps
     ``model.region_classifier.encode`` (CLIP calls, crops encoded, seconds) and ``model.predict`` (backbone, pixel
     decoder, transformer decoder) of a :class:`~zegseg.modeling.meta_arch.MaskClassificationSegmentor`; a model
     without a CLIP image branch reports 0 calls and crops.

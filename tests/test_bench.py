@@ -56,8 +56,7 @@ def test_inference_variants_share_weights_and_inputs():
         "--variant", "no_branch", "MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH", "False",
         "--variant", "fast_off", "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.0",
         *[arg for name in ("fast_a", "fast_b") for arg in (
-            "--variant", name, "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.CERTIFY", "False",
-            "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.4")],
+            "--variant", name, "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.4")],
     )
     (rows,) = tables(out)
     by_name = {r["variant"]: r for r in rows}
@@ -103,17 +102,18 @@ def test_training_bench_runs_an_optimizer_step(config):
 
 
 def test_probe_counts_images_not_clip_calls(tiny_clip_path, monkeypatch):
-    """Certified fast mode calls CLIP once per round: the probe must still divide by the images that went in."""
-    opts = TINY_INFERENCE_OPTS + [
-        "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8", "MODEL.CLIP.NAME", str(tiny_clip_path),
-        "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.CERTIFY", "True",
-        "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "100.0", "MODEL.CLIP.FAST_MODE.ROUND_COST", "0.0",
-    ]
+    """A model that calls CLIP more than once per image (as certified fast mode did, once per round): the probe
+    must still divide by the images that went in."""
+    opts = TINY_INFERENCE_OPTS + ["MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8", "MODEL.CLIP.NAME", str(tiny_clip_path)]
     torch.manual_seed(0)
     model = build_model(load_config("configs/toy/zegformer.yaml", opts)).eval()
-    # start from one query; a bound this loose certifies no pixel: every query is sent, in two rounds
-    monkeypatch.setattr(model, "choose_clip_queries", lambda logits, masks, image_size: (torch.tensor([0]), None))
-    monkeypatch.setattr(model, "class_prob_bound", lambda logits: torch.full_like(logits[:, :-1], 1e6))
+    one_call = model.region_clip_logits
+
+    def two_calls(image, masks, image_size, source=None):  # the first three queries, then the other five
+        (a, valid_a), (b, valid_b) = one_call(image, masks[:3], image_size), one_call(image, masks[3:], image_size)
+        return torch.cat([a, b]), torch.cat([valid_a, valid_b])
+
+    monkeypatch.setattr(model, "region_clip_logits", two_calls)
     probe = ClipProbe(model)
     g = torch.Generator().manual_seed(0)
     batch = [{"image": torch.randint(0, 255, (3, 64, 96), generator=g, dtype=torch.uint8)} for _ in range(3)]
@@ -121,9 +121,9 @@ def test_probe_counts_images_not_clip_calls(tiny_clip_path, monkeypatch):
         model(batch[:2])
         model(batch[2:])
     per_image = probe.per_image()
-    assert probe.images == 3
-    assert probe.crops == 3 * 8 and per_image["crops"] == 8.0  # every query of every image, each cropped once
-    assert per_image["clip_calls"] == 2.0  # two rounds per image: counting calls as images would halve the crops
+    assert probe.images == 3 and probe.clip_calls == 6
+    assert probe.crops == 3 * 8 and per_image["crops"] == 8.0  # counted per call, it would read 4.0
+    assert per_image["clip_calls"] == 2.0
     assert per_image["clip_s"] == probe.clip_seconds / 3 and per_image["network_s"] > 0
     probe.reset()
     assert probe.images == probe.crops == probe.clip_calls == 0
@@ -132,16 +132,15 @@ def test_probe_counts_images_not_clip_calls(tiny_clip_path, monkeypatch):
 def test_fast_mode_bench_counts_per_image_and_interleaves_modes():
     out = run_bench(
         "bench_fast_mode.py", "--config-file", "configs/toy/zegformer.yaml", "--images", "3", "--warmup", "1",
-        "--variant", "uncertified", "MODEL.CLIP.FAST_MODE.CERTIFY", "False",
-        "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.0", "MODEL.CLIP.FAST_MODE.MAX_QUERIES", "5",
+        "--variant", "cap5", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.0", "MODEL.CLIP.FAST_MODE.MAX_QUERIES", "5",
         "--opts", "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8",
     )
     (rows,) = tables(out)
     by_name = {r["mode"]: r for r in rows}
-    assert list(by_name) == ["exact", "fast (config)", "uncertified"]
+    assert list(by_name) == ["exact", "fast (config)", "cap5"]
     assert "2 timed images per mode after 1 untimed" in out
     # seeded random weights, identical for every mode: exact mode crops all 8 queries in one call per image
     assert float(by_name["exact"]["crops / image"]) == 8.0 and float(by_name["exact"]["CLIP calls / image"]) == 1.0
-    assert float(by_name["uncertified"]["crops / image"]) == 5.0
-    assert float(by_name["uncertified"]["CLIP calls / image"]) == 1.0
+    assert float(by_name["cap5"]["crops / image"]) == 5.0
+    assert float(by_name["cap5"]["CLIP calls / image"]) == 1.0
     assert by_name["exact"]["speed-up vs exact"] == "1.00x" and by_name["exact"]["Δ hIoU"] == "+0.00"

@@ -5,7 +5,6 @@ from detectron2.modeling import build_model
 
 import zegseg  # noqa: F401
 from zegseg.engine.setup_config import load_config
-from zegseg.modeling.certified_inference import needed_queries, score_basis, uncertain_pixels
 from zegseg.modeling.query_selection import QuerySelector
 
 from .helpers import TINY_INFERENCE_OPTS
@@ -47,7 +46,7 @@ class Recorder:
         self.calls.append((bound, masks, keep, source))
         return keep, source
 
-    def __getattr__(self, name):  # the selector's options (certify, ...)
+    def __getattr__(self, name):  # the selector's options
         return getattr(self.selector, name)
 
 
@@ -107,11 +106,10 @@ def test_bad_cutoffs_are_rejected(kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ the models
-@pytest.mark.parametrize("certify", ["True", "False"])
 @pytest.mark.parametrize("config", ["configs/toy/zegformer.yaml", "configs/toy/two_stage.yaml"])
-def test_fast_mode_with_cutoffs_disabled_is_exactly_exact_mode(config, certify, tiny_clip_path):
+def test_fast_mode_with_cutoffs_disabled_is_exactly_exact_mode(config, tiny_clip_path):
     exact = tiny_model(config, tiny_clip_path)
-    fast = tiny_model(config, tiny_clip_path, *FAST_OFF_CUTOFFS, "MODEL.CLIP.FAST_MODE.CERTIFY", certify)
+    fast = tiny_model(config, tiny_clip_path, *FAST_OFF_CUTOFFS)
     fast.load_state_dict(exact.state_dict())
     assert exact.query_selector is None and isinstance(fast.query_selector, QuerySelector)
     fast.query_selector = Recorder(fast.query_selector)
@@ -124,8 +122,7 @@ def test_fast_mode_with_cutoffs_disabled_is_exactly_exact_mode(config, certify, 
 @pytest.mark.parametrize("config", ["configs/toy/zegformer.yaml", "configs/toy/two_stage.yaml"])
 def test_dropped_queries_move_scores_by_at_most_their_bound(config, tiny_clip_path):
     exact = tiny_model(config, tiny_clip_path, "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.6")
-    fast = tiny_model(config, tiny_clip_path, *FAST_OFF_CUTOFFS, "MODEL.CLIP.FAST_MODE.CERTIFY", "False",
-                      "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.6")
+    fast = tiny_model(config, tiny_clip_path, *FAST_OFF_CUTOFFS, "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", "0.6")
     fast.load_state_dict(exact.state_dict())
     batch = images(n=1)
     recorder = Recorder(fast.query_selector)
@@ -170,115 +167,7 @@ def test_fast_mode_key_builds_the_selector_and_is_absent_without_clip_branch(tin
     assert out.shape == (35, 64, 96) and torch.isfinite(out).all()
 
 
-# ------------------------------------------------------------------------------------------------ certification
-CERTIFY = ["MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.CERTIFY", "True",
-           "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "100.0",  # the selector keeps only the top query to start
-           "MODEL.CLIP.FAST_MODE.ROUND_COST", "0.0"]
-CONFIGS = ["configs/toy/zegformer.yaml", "configs/toy/two_stage.yaml"]
-
-
-def counting_crops(model):
-    """Patch ``model``'s CLIP image encoder to count the crops it encodes; returns the running list."""
-    crops, encode = [], model.clip_model.encode_image
-    model.clip_model.encode_image = lambda x: crops.append(len(x)) or encode(x)
-    return crops
-
-
-def resized_images(n=2, seed=0):
-    """Images whose output size differs from the input, so that both map orders resize."""
-    return [dict(x, height=80, width=120) for x in images(n, seed)]
-
-
-def confident_predictions(model, segments=3):
-    """Make ``model.predict`` look trained: ``segments`` queries with a clear class and a large mask each, the
-    others "no object" with masks that overlap them (a certifier must rule those out, not ignore them)."""
-    predict = model.predict
-
-    def wrapped(images):
-        out = predict(images)
-        logits, masks = out["pred_logits"].clone(), out["pred_masks"].clone()
-        k = logits.shape[2] - 1
-        logits[:] = -10.0
-        logits[:, :, -1] = 30.0  # "no object"
-        width = masks.shape[-1]
-        masks[:] = -3.0
-        for i in range(segments):
-            logits[:, i, -1] = -10.0
-            logits[:, i, (7 * i) % k] = 10.0
-            masks[:, i, :, i * width // segments:(i + 1) * width // segments] = 8.0
-        masks[:, segments:, :, : width // 2] = 2.0  # junk queries over half the image
-        return {**out, "pred_logits": logits, "pred_masks": masks}
-
-    model.predict = wrapped
-    return model
-
-
-def near_ties(scores, rel=1e-4):
-    """(K, H, W) → (H, W) pixels whose two best scores are within ``rel`` of the largest score."""
-    top = scores.topk(2, dim=0).values
-    return top[0] - top[1] <= rel * max(1.0, float(scores.abs().max()))
-
-
-@pytest.mark.parametrize("resize_first", ["True", "False"])
-@pytest.mark.parametrize("config", CONFIGS)
-def test_certified_classes_are_exact_modes_and_cost_fewer_crops(config, resize_first, tiny_clip_path):
-    order = ["TEST.RESIZE_MASKS_FIRST", resize_first]
-    exact = confident_predictions(tiny_model(config, tiny_clip_path, *order, queries=12))
-    fast = confident_predictions(tiny_model(config, tiny_clip_path, *order, *CERTIFY, queries=12))
-    fast.load_state_dict(exact.state_dict())
-    exact_crops, fast_crops = counting_crops(exact), counting_crops(fast)
-    batch = resized_images(n=2)
-    for a, b in zip(outputs(exact, batch), outputs(fast, batch)):
-        assert a.shape == b.shape == (35, 80, 120)
-        differ = a.argmax(0) != b.argmax(0)
-        assert not (differ & ~near_ties(a)).any()
-        assert not torch.equal(a, b)  # the map of fewer queries: values differ, classes do not
-    assert sum(fast_crops) < sum(exact_crops) == 2 * 12
-    assert len(fast_crops) > 2  # a first round of one query was not enough: a second round certified the rest
-
-
-@pytest.mark.parametrize("config", CONFIGS)
-def test_certified_classes_match_on_random_weights_too(config, tiny_clip_path):
-    exact = tiny_model(config, tiny_clip_path, queries=16)
-    fast = tiny_model(config, tiny_clip_path, *CERTIFY, queries=16)
-    fast.load_state_dict(exact.state_dict())
-    for a, b in zip(outputs(exact, resized_images(n=3)), outputs(fast, resized_images(n=3))):
-        assert not ((a.argmax(0) != b.argmax(0)) & ~near_ties(a)).any()
-
-
-def test_a_round_that_cannot_pay_sends_the_rest_at_once(tiny_clip_path, monkeypatch):
-    exact = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, queries=8)
-    fast = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, *CERTIFY, queries=8)
-    fast.load_state_dict(exact.state_dict())
-    # start from one query; a bound this loose certifies no pixel and makes every unsent query needed
-    monkeypatch.setattr(fast, "choose_clip_queries", lambda logits, masks, image_size: (torch.tensor([0]), None))
-    monkeypatch.setattr(fast, "class_prob_bound", lambda logits: torch.full_like(logits[:, :-1], 1e6))
-    crops = counting_crops(fast)
-    (a,), (b,) = outputs(exact, images(n=1)), outputs(fast, images(n=1))
-    torch.testing.assert_close(a, b)
-    assert crops == [1, 7]  # the top query, then the other seven in one call, never more rounds
-
-
-def test_round_cost_that_covers_every_query_is_exact_mode(tiny_clip_path):
-    exact = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, queries=8)
-    fast = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, *CERTIFY, "MODEL.CLIP.FAST_MODE.ROUND_COST", "7.0",
-                      queries=8)
-    fast.load_state_dict(exact.state_dict())
-    crops = counting_crops(fast)
-    for a, b in zip(outputs(exact, resized_images()), outputs(fast, resized_images())):
-        assert torch.equal(a, b)
-    assert crops == [8, 8]  # one call per image, as exact mode
-
-
-def test_uncertain_fraction_bounds_the_pixels_that_differ(tiny_clip_path):
-    exact = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, queries=16)
-    fast = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, *CERTIFY,
-                      "MODEL.CLIP.FAST_MODE.UNCERTAIN_FRACTION", "0.3", queries=16)
-    fast.load_state_dict(exact.state_dict())
-    for a, b in zip(outputs(exact, images(n=3)), outputs(fast, images(n=3))):
-        assert (a.argmax(0) != b.argmax(0)).float().mean() <= 0.3
-
-
+# ------------------------------------------------------------------------------------------------ the bound
 @pytest.mark.parametrize("opts", [
     ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "True", "MODEL.ZEGFORMER.MEAN_SEEN_CLIP", "True"],
     ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "True", "MODEL.ZEGFORMER.MEAN_SEEN_CLIP", "False"],
@@ -305,53 +194,3 @@ def test_class_prob_bound_holds_for_any_clip_output(opts, tiny_clip_path):
             assert (model.combine_with_clip(logits, clip, valid) <= bound * (1 + 1e-5) + 1e-12).all()
     if "TwoStageCLIP" not in opts and "roi_align" not in opts and opts[1] == "True":
         assert bound[:3].max() < 1e-3  # the no-object column makes the bound tight where CLIP cannot win
-
-
-def test_uncertain_pixels_match_the_definition():
-    g = torch.Generator().manual_seed(0)
-    scores = torch.rand(5, 21, 23, generator=g)
-    upper = torch.rand(4, 5, generator=g) * 0.3
-    basis = torch.rand(4, 21, 23, generator=g)
-    uncertain, margin = uncertain_pixels(scores, upper, basis, tol=1e-4)
-    slack = torch.einsum("qc,qhw->chw", upper, basis)
-    best = scores.argmax(0, keepdim=True)
-    rivals = (scores + slack).scatter(0, best, float("-inf")).amax(0)
-    assert torch.equal(uncertain, scores.gather(0, best)[0] <= rivals + 1e-4)
-    assert 0 < int(uncertain.sum()) < uncertain.numel()
-    top = scores.topk(2, dim=0).values
-    torch.testing.assert_close(margin, top[0] - top[1] - 1e-4)
-
-
-def test_needed_queries_leave_out_what_fits_under_the_margin():
-    # one uncertain pixel of margin 0.5; the queries weigh 0.1, 0.3, 0.2, 0.4 there: 0.1 + 0.2 < 0.5 stay out
-    basis = torch.tensor([[0.1, 9.0], [0.3, 9.0], [0.2, 9.0], [0.4, 9.0]]).view(4, 1, 2)  # pixel 2 is certain
-    uncertain = torch.tensor([[True, False]])
-    need = needed_queries(uncertain, torch.tensor([[0.5, 0.0]]), torch.ones(4), basis)
-    assert need.tolist() == [False, True, False, True]
-    assert not needed_queries(uncertain, torch.tensor([[2.0, 0.0]]), torch.ones(4), basis).any()
-    # two uncertain pixels; the second (margin 0.05) needs all four queries: with one pixel allowed to stay
-    # uncertain, it is given up and only the first pixel's needs count
-    both = torch.tensor([[True, True]])
-    basis = torch.tensor([[0.1, 0.1], [0.3, 0.1], [0.2, 0.1], [0.4, 0.1]]).view(4, 1, 2)
-    margins = torch.tensor([[0.5, 0.05]])
-    assert needed_queries(both, margins, torch.ones(4), basis).all()
-    assert needed_queries(both, margins, torch.ones(4), basis, may_stay=1).tolist() == [False, True, False, True]
-
-
-@pytest.mark.parametrize("resize_first", [True, False])
-def test_score_basis_rebuilds_exact_modes_map(resize_first, tiny_clip_path):
-    model = tiny_model("configs/toy/zegformer.yaml", tiny_clip_path, "TEST.RESIZE_MASKS_FIRST", str(resize_first))
-    g = torch.Generator().manual_seed(0)
-    padded = torch.randn(4, 64, 96, generator=g) * 4
-    probs = torch.rand(4, 35, generator=g)
-    size, out = (60, 90), (75, 110)
-    basis = score_basis(padded, lambda x: model.resize_to_output(x, size, *out), resize_first)
-    rebuilt = model.calibrate_scores(torch.einsum("qc,qhw->chw", probs, basis))
-    torch.testing.assert_close(rebuilt, model.assemble_map(probs, padded, size, out))
-
-
-@pytest.mark.parametrize("kwargs", [{"certify": True, "duplicate_iou": 0.9}, {"uncertain_fraction": 1.0},
-                                    {"uncertain_fraction": -0.1}, {"round_cost": -1.0}])
-def test_bad_certification_options_are_rejected(kwargs):
-    with pytest.raises(ValueError):
-        QuerySelector(**kwargs)

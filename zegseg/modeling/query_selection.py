@@ -18,11 +18,6 @@ duplicates of another query's segment. :class:`QuerySelector` finds them before 
 The query of largest bound is always kept. With every cut-off at 0 the selector keeps every query, each using
 its own crop, and the model's output is exactly that of exact mode. Statistics are taken at the mask-feature
 stride over the image region (not the padding), so selection costs a few milliseconds.
-
-**Certification** (``certify``): the selector's queries are only the first round.
-:mod:`zegseg.modeling.certified_inference` sends more queries to CLIP until the class of every pixel, but at most a
-fraction ``uncertain_fraction`` of them, is provably the one exact mode gives, or sends all the rest at once when
-another round (whose overhead is ``round_cost`` crops) cannot finish cheaper.
 """
 from __future__ import annotations
 
@@ -47,9 +42,6 @@ class QuerySelector:
         max_queries: int = 0,
         duplicate_iou: float = 0.0,
         mask_threshold: float = 0.5,
-        certify: bool = False,
-        uncertain_fraction: float = 0.0,
-        round_cost: float = 0.0,
     ):
         """
         Args:
@@ -59,9 +51,6 @@ class QuerySelector:
             duplicate_iou: queries whose masks overlap a better query's with IoU >= this share its CLIP view
                 (0: off; 1.0: identical masks only).
             mask_threshold: a query's pixels are those with ``sigmoid(logit) > mask_threshold`` (as for the crops).
-            certify: add queries until pixels' classes are provably exact mode's (see the module docstring).
-            uncertain_fraction: with ``certify``, the fraction of pixels allowed to stay uncertain.
-            round_cost: with ``certify``, the overhead of one round (a CLIP call and a check), counted in crops.
         """
         if min_contribution < 0 or not 0 <= min_mask_area <= 1:
             raise ValueError(
@@ -72,23 +61,11 @@ class QuerySelector:
             raise ValueError(f"max_queries must be >= 0 (0: no cap), got {max_queries}")
         if not 0 <= duplicate_iou <= 1:
             raise ValueError(f"duplicate_iou must lie in [0, 1] (0: off), got {duplicate_iou}")
-        if not 0 <= uncertain_fraction < 1:
-            raise ValueError(f"uncertain_fraction must lie in [0, 1), got {uncertain_fraction}")
-        if round_cost < 0:
-            raise ValueError(f"round_cost must be >= 0 (crops), got {round_cost}")
-        if certify and duplicate_iou > 0:
-            raise ValueError(
-                "certified fast mode crops every query it sends to CLIP: set DUPLICATE_IOU to 0 (got "
-                f"{duplicate_iou}) or CERTIFY to False"
-            )
         self.min_contribution = float(min_contribution)
         self.min_mask_area = float(min_mask_area)
         self.max_queries = int(max_queries)
         self.duplicate_iou = float(duplicate_iou)
         self.mask_threshold = float(mask_threshold)
-        self.certify = bool(certify)
-        self.uncertain_fraction = float(uncertain_fraction)
-        self.round_cost = float(round_cost)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
@@ -99,9 +76,6 @@ class QuerySelector:
             "max_queries": fast.MAX_QUERIES,
             "duplicate_iou": fast.DUPLICATE_IOU,
             "mask_threshold": cfg.MODEL.CLIP.MASK_THRESHOLD,
-            "certify": fast.CERTIFY,
-            "uncertain_fraction": fast.UNCERTAIN_FRACTION,
-            "round_cost": fast.ROUND_COST,
         }
 
     @torch.no_grad()

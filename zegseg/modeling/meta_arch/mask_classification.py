@@ -21,7 +21,6 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..certified_inference import certified_semantic_map, score_basis
 from ..clip.region_encoder import RegionCLIPClassifier
 from ..criterion import SetCriterion
 from ..inference import semantic_inference
@@ -199,17 +198,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             (K, height, width) scores.
         """
         height, width = output_size if output_size is not None else image_size
-        if self.region_classifier is not None and self.query_selector is not None and self.query_selector.certify:
-            return self.certified_map(image, logits, masks, image_size, (height, width))
         probs, masks = self.classify_segments(image, logits, masks, image_size)
-        return self.assemble_map(probs, masks, image_size, (height, width))
-
-    def assemble_map(
-        self, probs: Tensor, masks: Tensor, image_size: Sequence[int], output_size: Sequence[int]
-    ) -> Tensor:
-        """(M, K) class probabilities and (M, H_pad, W_pad) mask logits → (K, height, width) calibrated scores, in
-        the order :meth:`segment_image` describes."""
-        height, width = output_size
         if self.resize_masks_first:
             masks = self.resize_to_output(masks, image_size, height, width)
             return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
@@ -240,43 +229,6 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         masks = self.upsample_masks(masks)
         clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
         return self.combine_with_clip(logits, clip_logits, valid), masks
-
-    def certified_map(
-        self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int], output_size: Sequence[int]
-    ) -> Tensor:
-        """Certified fast mode (:mod:`zegseg.modeling.certified_inference`): the semantic map of the fewest CLIP
-        crops, sent in rounds, for which every pixel's class (all but ``query_selector.uncertain_fraction`` of
-        them) is provably the one exact mode gives, in the map order exact mode uses (``resize_masks_first``).
-        The first round holds the selector's queries.
-
-        Args:
-            image, logits, masks, image_size: as for :meth:`segment_image`.
-            output_size: (height, width) of the returned map.
-        Returns:
-            (K, height, width) scores of the queries sent (the others leave the map); exact mode's map when every
-            query was sent.
-        """
-        height, width = output_size
-        padded = self.upsample_masks(masks)
-        first = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
-        first[self.choose_clip_queries(logits, masks, image_size)[0]] = True
-
-        def classify(idx: Tensor) -> Tensor:
-            return self.combine_with_clip(logits[idx], *self.region_clip_logits(image, padded[idx], image_size))
-
-        scores, _ = certified_semantic_map(
-            first=first,
-            upper=self.class_prob_bound(logits),
-            basis=score_basis(
-                padded, lambda x: self.resize_to_output(x, image_size, height, width), self.resize_masks_first
-            ),
-            classify=classify,
-            calibrate=self.calibrate_scores,
-            exact_map=lambda probs: self.assemble_map(probs, padded, image_size, output_size),
-            uncertain_fraction=self.query_selector.uncertain_fraction,
-            round_cost=self.query_selector.round_cost,
-        )
-        return scores
 
     def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
         """The inference class distribution of queries whose crops CLIP has seen.
