@@ -144,3 +144,16 @@ def test_fast_mode_bench_counts_per_image_and_interleaves_modes():
     assert float(by_name["cap5"]["crops / image"]) == 5.0
     assert float(by_name["cap5"]["CLIP calls / image"]) == 1.0
     assert by_name["exact"]["speed-up vs exact"] == "1.00x" and by_name["exact"]["Δ hIoU"] == "+0.00"
+
+
+def test_fidelity_cost_bench_times_every_variant(capsys):
+    """bench_fidelity_cost: one row per crop procedure and per (assembly order, vocabulary size)."""
+    import bench_fidelity_cost
+
+    assert bench_fidelity_cost.main(["--size", "40", "50", "--output-size", "30", "36", "--masks", "3",
+                                     "--vocabularies", "5", "9", "--repeat", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| zegformer | 3 |", "| simple_baseline | 3 |", "| roi_align | 3 |", "| official order | 5 |",
+                "| RESIZE_MASKS_FIRST | 9 |"):
+        assert row in out
+    assert out.count("1.00x") >= 3  # a fastest variant in each section (crops, K=5, K=9)
