@@ -23,10 +23,10 @@ run() {  # run NAME COMMAND...: keep the table (stdout) in $OUT/NAME.md, progres
 }
 run inference_zegformer_ref python bench/bench_inference.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
   --images 2 --clip-floor 100 --variant no_clip_branch MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH False \
-  --variant uncertified_c0.2 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 \
-  --variant uncertified_cap25 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.0 $FAST.MAX_QUERIES 25
+  --variant fast_c0.2 $FAST.ENABLED True $FAST.MIN_CONTRIBUTION 0.2 \
+  --variant fast_cap25 $FAST.ENABLED True $FAST.MIN_CONTRIBUTION 0.0 $FAST.MAX_QUERIES 25
 run inference_two_stage_ref python bench/bench_inference.py --config-file $TS_REF --clip-arch ViT-B/16 --size 640 \
-  --images 2 --clip-floor 100 --variant uncertified_cap25 $FAST.ENABLED True $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.0 $FAST.MAX_QUERIES 25
+  --images 2 --clip-floor 100 --variant fast_cap25 $FAST.ENABLED True $FAST.MIN_CONTRIBUTION 0.0 $FAST.MAX_QUERIES 25
 run scaling_ref python bench/bench_scaling.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
   --masks 10 25 50 100 --vocabularies 20 171 847 --images 3
 run text_coco python bench/bench_text.py --vocabularies coco_stuff_171 --templates selected8 --clip-arch ViT-B/16
@@ -39,13 +39,10 @@ for arch in zegformer two_stage; do
     --images 20 --clip-floor 32 "${w[@]}" --variant fast $FAST.ENABLED True
   if [ -f "$weights" ]; then
     run fast_mode_${arch}_toy python bench/bench_fast_mode.py --config-file configs/toy/$arch.yaml --weights "$weights" \
-      --variant certified_top1 $FAST.MIN_CONTRIBUTION 100.0 --variant certified_c0.4 $FAST.MIN_CONTRIBUTION 0.4 \
-      --variant certified_u0.01 $FAST.UNCERTAIN_FRACTION 0.01 \
-      --variant uncertified_c0.2 $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 \
-      --variant uncertified_c0.2_area $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 $FAST.MIN_MASK_AREA 0.002 \
-      --variant uncertified_c0.2_dup95 $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 $FAST.DUPLICATE_IOU 0.95 \
-      --variant uncertified_c0.8 $FAST.CERTIFY False \
-      --variant uncertified_c0.2_cap8 $FAST.CERTIFY False $FAST.MIN_CONTRIBUTION 0.2 $FAST.MAX_QUERIES 8
+      --threads 1 $(for c in 0.05 0.1 0.15 0.2 0.25 0.3 0.35 0.4 0.45 0.5 0.6; do echo --variant c$c $FAST.MIN_CONTRIBUTION $c; done) \
+      --variant c0.3_area $FAST.MIN_CONTRIBUTION 0.3 $FAST.MIN_MASK_AREA 0.002 \
+      --variant c0.3_dup90 $FAST.MIN_CONTRIBUTION 0.3 $FAST.DUPLICATE_IOU 0.9 \
+      --variant c0.3_cap8 $FAST.MIN_CONTRIBUTION 0.3 $FAST.MAX_QUERIES 8
   fi
 done
 for cfg in zegformer two_stage pixel_level; do

@@ -56,7 +56,7 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.AMP = True  # autocast CLIP's image encoder on GPU (the official ZegFormer runs CLIP in fp16)
     cfg.MODEL.CLIP.FAST_MODE = CN()  # approximate inference: fewer crops to CLIP (zegseg.modeling.query_selection)
     cfg.MODEL.CLIP.FAST_MODE.ENABLED = False  # False: exact mode, every query's crop goes to CLIP
-    cfg.MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION = 0.3  # drop queries whose contribution bound is below this (0: off)
+    cfg.MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION = 0.15  # drop queries whose contribution bound is below this (0: off)
     cfg.MODEL.CLIP.FAST_MODE.MIN_MASK_AREA = 0.0  # drop queries whose mask covers less of the image (0: off)
     cfg.MODEL.CLIP.FAST_MODE.MAX_QUERIES = 0  # send at most this many queries to CLIP, by contribution (0: no cap)
     cfg.MODEL.CLIP.FAST_MODE.DUPLICATE_IOU = 0.0  # masks with IoU >= this share one crop (0: off; 1: identical)

@@ -4,9 +4,9 @@ The CLIP image branch costs one image-encoder pass per query (100 crops per imag
 almost all of the inference time. Most queries of a trained mask-classification model are "no object" or
 duplicates of another query's segment. :class:`QuerySelector` finds them before any crop is built:
 
-* **contribution**: a query adds ``p(c | q) · sigmoid(mask_q)`` to the score of class ``c`` at each pixel. With
-  CLIP's probabilities at most 1, the ensembled ``p(c | q)`` is at most ``bound_q`` (the meta-architecture's
-  ensemble evaluated with ``p_clip = 1``), so no pixel's score of any class changes by more than
+* **contribution**: a query adds ``p(c | q) · sigmoid(mask_q)`` to the score of class ``c`` at each pixel. Whatever
+  CLIP says, the ensembled ``p(c | q)`` is at most ``bound_q`` (the meta-architecture's ``class_prob_bound``: its
+  ensemble with the largest probabilities CLIP could give), so no pixel's score of any class changes by more than
   ``bound_q · max_hw sigmoid(mask_q)`` if the query is left out. Queries below ``min_contribution`` are dropped
   (they take no part in the semantic map at all).
 * **area**: queries whose binary mask covers less than ``min_mask_area`` of the image are dropped.
@@ -18,6 +18,10 @@ duplicates of another query's segment. :class:`QuerySelector` finds them before 
 The query of largest bound is always kept. With every cut-off at 0 the selector keeps every query, each using
 its own crop, and the model's output is exactly that of exact mode. Statistics are taken at the mask-feature
 stride over the image region (not the padding), so selection costs a few milliseconds.
+
+Fast mode is an approximation: a dropped query's bound limits how much each score can move, not whether a pixel's
+class changes. Its measured cost and savings on the toy world (``bench/bench_fast_mode.py``) are in the README's
+"Speed and fast mode" section and ``bench/README.md``.
 """
 from __future__ import annotations
 
