@@ -104,7 +104,8 @@ def test_training_bench_runs_an_optimizer_step(config):
 def test_probe_counts_images_not_clip_calls(tiny_clip_path, monkeypatch):
     """A model that calls CLIP more than once per image (as certified fast mode did, once per round): the probe
     must still divide by the images that went in."""
-    opts = TINY_INFERENCE_OPTS + ["MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8", "MODEL.CLIP.NAME", str(tiny_clip_path)]
+    opts = TINY_INFERENCE_OPTS + ["MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8", "MODEL.CLIP.NAME", str(tiny_clip_path),
+                                  "MODEL.CLIP.CROP_PROCEDURE", "zegformer"]  # every query cropped, empty or not
     torch.manual_seed(0)
     model = build_model(load_config("configs/toy/zegformer.yaml", opts)).eval()
     one_call = model.region_clip_logits
@@ -133,13 +134,14 @@ def test_fast_mode_bench_counts_per_image_and_interleaves_modes():
     out = run_bench(
         "bench_fast_mode.py", "--config-file", "configs/toy/zegformer.yaml", "--images", "3", "--warmup", "1",
         "--variant", "cap5", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.0", "MODEL.CLIP.FAST_MODE.MAX_QUERIES", "5",
-        "--opts", "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8",
+        "--opts", "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8", "MODEL.CLIP.CROP_PROCEDURE", "zegformer",
     )
     (rows,) = tables(out)
     by_name = {r["mode"]: r for r in rows}
     assert list(by_name) == ["exact", "fast (config)", "cap5"]
     assert "2 timed images per mode after 1 untimed" in out
-    # seeded random weights, identical for every mode: exact mode crops all 8 queries in one call per image
+    # seeded random weights, identical for every mode; the official crop procedure crops every query, empty or
+    # not: exact mode sends all 8 in one call per image
     assert float(by_name["exact"]["crops / image"]) == 8.0 and float(by_name["exact"]["CLIP calls / image"]) == 1.0
     assert float(by_name["cap5"]["crops / image"]) == 5.0
     assert float(by_name["cap5"]["CLIP calls / image"]) == 1.0

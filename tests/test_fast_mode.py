@@ -63,7 +63,8 @@ def test_disabled_cutoffs_keep_every_query_with_its_own_crop():
     masks = square_masks([(0, 5, 0, 5), (0, 5, 0, 5), (10, 20, 10, 20), (0, 0, 0, 0)])
     keep, source = QuerySelector()(torch.tensor([0.9, 0.0, 0.1, 0.5]), masks)
     assert keep.tolist() == [0, 1, 2, 3]
-    assert source.tolist() == [0, 1, 2, 3]
+    assert source is None  # every query uses its own crop
+    assert QuerySelector(duplicate_iou=1.0)(torch.tensor([0.9, 0.0, 0.1, 0.5]), masks)[1].tolist() == [0, 0, 2, 3]
 
 
 def test_contribution_cutoff_uses_bound_times_mask_peak():
@@ -138,7 +139,7 @@ def test_dropped_queries_move_scores_by_at_most_their_bound(config, tiny_clip_pa
     dropped = torch.ones(len(bound), dtype=torch.bool)
     dropped[keep] = False
     assert 0 < int(dropped.sum()) < len(bound)
-    assert torch.equal(source, torch.arange(len(keep)))
+    assert source is None
     assert (a - b).abs().max() <= float(contribution[dropped].sum()) + 1e-5
     assert not torch.equal(a, b)
 
@@ -168,10 +169,13 @@ def test_fast_mode_key_builds_the_selector_and_is_absent_without_clip_branch(tin
 
 
 # ------------------------------------------------------------------------------------------------ the bound
+OFFICIAL_CROPS = ["MODEL.CLIP.CROP_PROCEDURE", "zegformer"]  # CLIP always sees a crop (never abstains)
+
+
 @pytest.mark.parametrize("opts", [
-    ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "True", "MODEL.ZEGFORMER.MEAN_SEEN_CLIP", "True"],
-    ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "True", "MODEL.ZEGFORMER.MEAN_SEEN_CLIP", "False"],
-    ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "False", "MODEL.ZEGFORMER.ENSEMBLE_MODE", "all"],
+    ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "True", "MODEL.ZEGFORMER.MEAN_SEEN_CLIP", "True", *OFFICIAL_CROPS],
+    ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "True", "MODEL.ZEGFORMER.MEAN_SEEN_CLIP", "False", *OFFICIAL_CROPS],
+    ["MODEL.ZEGFORMER.CLIP_NO_OBJECT", "False", "MODEL.ZEGFORMER.ENSEMBLE_MODE", "all", *OFFICIAL_CROPS],
     ["MODEL.CLIP.CROP_PROCEDURE", "roi_align"],
     ["MODEL.META_ARCHITECTURE", "TwoStageCLIP", "MODEL.CLIP.CROP_PROCEDURE", "roi_align"],
     ["MODEL.META_ARCHITECTURE", "TwoStageCLIP", "MODEL.CLIP.CROP_PROCEDURE", "simple_baseline",

@@ -25,7 +25,7 @@ class changes. Its measured cost and savings on the toy world (``bench/bench_fas
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -83,7 +83,7 @@ class QuerySelector:
         }
 
     @torch.no_grad()
-    def __call__(self, weight_bound: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
+    def __call__(self, weight_bound: Tensor, masks: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """
         Args:
             weight_bound: (Q,) upper bound of each query's ensembled class probability, over all classes.
@@ -91,7 +91,8 @@ class QuerySelector:
         Returns:
             keep: (M,) int64 indices of the kept queries, ascending.
             source: (M,) int64; kept query ``i`` uses the CLIP view of kept query ``source[i]`` (``source[i] == i``
-                unless it was merged into a near-duplicate).
+                unless it was merged into a near-duplicate); ``None`` when every kept query uses its own view
+                (``duplicate_iou`` 0, so that no crop is looked up twice).
         """
         if weight_bound.shape != masks.shape[:1]:
             raise ValueError(f"weight_bound {tuple(weight_bound.shape)} does not match masks {tuple(masks.shape)}")
@@ -107,10 +108,11 @@ class QuerySelector:
             chosen = torch.zeros_like(chosen)
             chosen[top] = True
         keep = chosen.nonzero().squeeze(1)
-        source = torch.arange(len(keep), device=keep.device)
-        if self.duplicate_iou > 0 and len(keep) > 1:
-            source = self._near_duplicate_sources(binary[keep].float(), contribution[keep])
-        return keep, source
+        if self.duplicate_iou <= 0:
+            return keep, None
+        if len(keep) == 1:
+            return keep, torch.zeros_like(keep)
+        return keep, self._near_duplicate_sources(binary[keep].float(), contribution[keep])
 
     def _near_duplicate_sources(self, binary: Tensor, score: Tensor) -> Tensor:
         """(M, P) binary masks, (M,) scores → (M,) index of the best-scoring query each one nearly duplicates."""
