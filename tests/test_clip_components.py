@@ -365,6 +365,27 @@ def test_zegformer_crops_follow_the_official_procedure():
     torch.testing.assert_close(whole, small * keep)
 
 
+def test_zegformer_procedure_encodes_the_shared_blank_crop_once(clip_model):
+    """Empty masks all give the same blank crop: CLIP sees it once, and every empty mask gets its embedding."""
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
+    logits = torch.full((4, 32, 32), -3.0)
+    logits[1, 2:12, 3:15] = 3.0
+    sizes = []
+    hook = clip_model.visual.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    try:
+        emb, valid = RegionCLIPClassifier(procedure="zegformer").encode(clip_model, image, logits)
+    finally:
+        hook.remove()
+    assert sizes == [2] and valid.all()  # one real crop and one blank crop instead of four crops
+    padded = F.pad(normalize_for_clip(image, "BGR"), (0, 8, 0, 8))
+    res = clip_model.visual.input_resolution
+    with torch.no_grad():
+        ref = F.normalize(clip_model.encode_image(make_zegformer_crops(padded, logits > 0, out_size=res)), dim=-1)
+    torch.testing.assert_close(emb, ref.float(), atol=1e-5, rtol=1e-5)
+    assert torch.equal(emb[0], emb[2]) and torch.equal(emb[0], emb[3])
+
+
 def test_zegformer_procedure_crops_the_padded_input_and_uses_clips_scale(clip_model):
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, 20, 26), dtype=torch.uint8)

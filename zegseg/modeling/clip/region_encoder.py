@@ -376,12 +376,22 @@ class RegionCLIPClassifier(nn.Module):
         out = torch.zeros(masks.shape[0], int(clip_model.text_projection.shape[1]), device=device)
         if not bool(valid.any()):
             return out, valid
+        send, empty = valid, None
+        if self.crops_padded_input:  # every empty mask gets the same crop: encode it once
+            flat = masks.flatten(1)  # sigmoid is monotonic: a mask is empty iff its largest logit is below threshold
+            seen = flat.any(dim=1) if masks.dtype == torch.bool else flat.amax(dim=1).sigmoid() > self.mask_threshold
+            empty = (~seen).nonzero()[:, 0]
+            if len(empty) > 1:
+                send = valid.clone()
+                send[empty[1:]] = False
         res = int(clip_model.visual.input_resolution)
         feats = []
         with torch.autocast(device_type=device.type, enabled=self.amp and device.type == "cuda"):
-            for chunk in masks[valid].split(self.chunk_size):
+            for chunk in masks[send].split(self.chunk_size):
                 feats.append(clip_model.encode_image(self._crops(image, chunk, res)).float())
-        out[valid] = F.normalize(torch.cat(feats), dim=-1)
+        out[send] = F.normalize(torch.cat(feats), dim=-1)
+        if empty is not None and len(empty) > 1:
+            out[empty[1:]] = out[empty[0]].clone()
         return out, valid
 
     def forward(
