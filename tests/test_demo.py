@@ -314,13 +314,18 @@ def test_collect_inputs_unique_stems_and_output_folder_excluded(demo, tmp_path):
     assert len(found.images) == 2
 
 
-# ----------------------------------------------------------------------------------------------------------- video
-def test_video(demo, opts, tmp_path):
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
-    for i in range(5):
+def noise_video(path, frames: int = 5):
+    """A 64x48 mp4 of ``frames`` noise frames at 5 fps; returns ``path``."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    for i in range(frames):
         writer.write(noise(48, 64, seed=i))
     writer.release()
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------- video
+def test_video(demo, opts, tmp_path):
+    video = noise_video(tmp_path / "clip.mp4")
     out = tmp_path / "out"
     args = ("--video-input", video, "--output", out, "--vocabulary", VOCAB, "--batch-size", "2")
     code, log = run(demo, *args, opts=opts)

@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,7 @@ from zegseg.checkpoint import ZegsegCheckpointer
 from zegseg.engine import ZegsegTrainer
 from zegseg.engine.metrics_writer import drop_records_from
 
-from .test_demo import VOCAB, demo, noise, opts, run  # noqa: F401  (fixtures)
+from .test_demo import VOCAB, demo, noise, noise_video, opts, run  # noqa: F401  (fixtures)
 from .test_training import mini_cfg, mini_toy_root  # noqa: F401  (fixture)
 
 
@@ -82,11 +81,7 @@ def test_demo_redoes_truncated_results_of_an_older_run(demo, opts, image, tmp_pa
 
 
 def test_demo_interrupted_video_leaves_nothing(demo, opts, tmp_path, monkeypatch):  # noqa: F811
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
-    for i in range(5):
-        writer.write(noise(48, 64, seed=i))
-    writer.release()
+    video = noise_video(tmp_path / "clip.mp4")
     out = tmp_path / "out"
     real_predict, calls = demo.Predictor.predict_batch, []
 
