@@ -7,6 +7,8 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
 from zegseg.config import add_zegseg_config
+from zegseg.modeling.mask_classification.position_encoding import SinePositionEncoding
+from zegseg.modeling.mask_classification.transformer_decoder import TransformerDecoder
 from zegseg.modeling.mlp import MLP
 from zegseg.modeling.pixel_decoder import (
     PIXEL_DECODER_REGISTRY,
@@ -14,8 +16,6 @@ from zegseg.modeling.pixel_decoder import (
     PixelDecoderOutput,
     build_pixel_decoder,
 )
-from zegseg.modeling.position_encoding import SinePositionEncoding
-from zegseg.modeling.transformer_decoder import TransformerDecoder
 
 
 @pytest.fixture
@@ -196,7 +196,7 @@ def test_mlp():
 
 def test_mask_classification_pipeline_end_to_end(cfg, backbone_features):
     """Backbone features → pixel decoder → transformer decoder → masks per layer → criterion, with gradients."""
-    from zegseg.modeling.criterion import SetCriterion
+    from zegseg.modeling.mask_classification.criterion import SetCriterion
 
     input_shape, features = backbone_features
     torch.manual_seed(0)

@@ -1,11 +1,11 @@
-"""Fast mode (zegseg.modeling.query_selection): which queries go to CLIP, and what it does to the output."""
+"""Fast mode (mask_classification.query_selection): which queries go to CLIP, and what it does to the output."""
 import pytest
 import torch
 from detectron2.modeling import build_model
 
 import zegseg  # noqa: F401
 from zegseg.engine.setup_config import load_config
-from zegseg.modeling.query_selection import QuerySelector
+from zegseg.modeling.mask_classification.query_selection import QuerySelector
 
 from .helpers import TINY_INFERENCE_OPTS
 

@@ -8,8 +8,12 @@ from detectron2.config import get_cfg
 from fvcore.nn import sigmoid_focal_loss
 
 from zegseg.config import add_zegseg_config
-from zegseg.modeling.criterion import SetCriterion, dice_loss
-from zegseg.modeling.matcher import HungarianMatcher, pairwise_dice_cost, pairwise_sigmoid_focal_cost
+from zegseg.modeling.mask_classification.criterion import SetCriterion, dice_loss
+from zegseg.modeling.mask_classification.matcher import (
+    HungarianMatcher,
+    pairwise_dice_cost,
+    pairwise_sigmoid_focal_cost,
+)
 
 
 def _target(labels, masks):

@@ -54,7 +54,7 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.LOGIT_SCALE = 0.0  # multiplier of crop-text cosines; <= 0: CLIP's own logit_scale.exp()
     cfg.MODEL.CLIP.HALF_ON_GPU = True  # CLIP's weights in fp16 on GPU (OpenAI's; official ZegFormer); False: fp32
     cfg.MODEL.CLIP.AMP = True  # autocast CLIP's image encoder on GPU (the official ZegFormer runs CLIP in fp16)
-    cfg.MODEL.CLIP.FAST_MODE = CN()  # approximate inference: fewer crops to CLIP (zegseg.modeling.query_selection)
+    cfg.MODEL.CLIP.FAST_MODE = CN()  # approximate inference: fewer crops to CLIP (query_selection.py)
     cfg.MODEL.CLIP.FAST_MODE.ENABLED = False  # False: exact mode, every query's crop goes to CLIP
     cfg.MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION = 0.15  # drop queries whose contribution bound is below this (0: off)
     cfg.MODEL.CLIP.FAST_MODE.MIN_MASK_AREA = 0.0  # drop queries whose mask covers less of the image (0: off)

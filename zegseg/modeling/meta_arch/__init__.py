@@ -1,6 +1,6 @@
 """zegseg's meta-architectures, registered in detectron2's META_ARCH_REGISTRY on import."""
+from ..mask_classification import MaskClassificationSegmentor
 from .base import OpenVocabSegmentor
-from .mask_classification import MaskClassificationSegmentor
 from .pixel_level import PixelLevelZS
 from .prompt_learning import PromptLearnerCLIP
 from .two_stage import TwoStageCLIP

@@ -10,7 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
 from ..inference import ensemble_probs
-from .mask_classification import MaskClassificationSegmentor
+from ..mask_classification import MaskClassificationSegmentor
 
 __all__ = ["TwoStageCLIP"]
 

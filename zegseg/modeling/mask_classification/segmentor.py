@@ -22,14 +22,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..clip.region_encoder import RegionCLIPClassifier
-from ..criterion import SetCriterion
 from ..inference import semantic_inference
+from ..meta_arch.base import OpenVocabSegmentor, open_vocab_config
 from ..mlp import MLP
 from ..pixel_decoder import build_pixel_decoder
-from ..query_selection import QuerySelector, build_query_selector
 from ..text_classifier import TextEmbeddingClassifier
-from ..transformer_decoder import TransformerDecoder
-from .base import OpenVocabSegmentor, open_vocab_config
+from .criterion import SetCriterion
+from .query_selection import QuerySelector, build_query_selector
+from .transformer_decoder import TransformerDecoder
 
 __all__ = ["MaskClassificationSegmentor"]
 
@@ -265,7 +265,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
     def choose_clip_queries(
         self, logits: Tensor, masks: Tensor, image_size: Sequence[int]
     ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        """Fast mode's choice of queries (see :mod:`zegseg.modeling.query_selection`); ``(None, None)`` in exact mode.
+        """Fast mode's choice of queries (see :mod:`.query_selection`); ``(None, None)`` in exact mode.
 
         Args:
             logits: (Q, K + 1) segment-classification logits.
