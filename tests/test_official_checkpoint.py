@@ -366,3 +366,29 @@ def test_official_configs_are_merged_without_running_their_tags(parity, tmp_path
     assert cfg.INPUT.MIN_SIZE_TEST == 640 and cfg.MODEL.PIXEL_STD == [1.0, 2.0, 3.0]
     assert cfg.INPUT.MIN_SIZE_TRAIN == get_cfg().INPUT.MIN_SIZE_TRAIN
     assert "INPUT.MIN_SIZE_TRAIN (!!python/object/apply:os.system)" in capsys.readouterr().out
+
+
+def test_timing_worker_answers_each_image_with_wall_and_cpu_seconds(parity, tmp_path, monkeypatch, capsys):
+    """The side-by-side benchmark's counters (bench/bench_official_side_by_side.py) on a run whose counts are
+    known: one answer per requested image, the model called on exactly that image, and a wait that uses no CPU
+    counted as wall time only."""
+    import io
+    import time
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.pt")
+        torch.save(torch.full((3, 4, 5), i, dtype=torch.uint8), paths[-1])
+    seen = []
+
+    def final(image, clip_branch):
+        seen.append((int(image[0, 0, 0]), tuple(image.shape), clip_branch))
+        time.sleep(0.2)
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{p}\n" for p in paths)))
+    parity.serve_timings(final)
+    answers = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert seen == [(i, (3, 4, 5), True) for i in range(3)]
+    assert len(answers) == 3 and all(" ".join(a[:-2]) == parity.TIMING_TAG for a in answers)
+    for wall, cpu in ((float(a[-2]), float(a[-1])) for a in answers):
+        assert wall >= 0.2 and cpu < 0.1

@@ -37,7 +37,7 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import yaml
@@ -45,6 +45,8 @@ from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_NAME = "zegseg_parity_vocabulary"
+READY_TAG = "[parity-worker] ready"  # a serving worker's lines to its driver (see serve_timings)
+TIMING_TAG = "[parity-worker] seconds"
 
 MODELS = {
     "zegformer": {
@@ -71,6 +73,12 @@ CLIP_ARCHS = {
     "ViT-B/16": dict(
         embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
         context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12,
+    ),
+    # ViT-B/16's image tower with a one-layer text tower: for timing per image, where both implementations have
+    # embedded the vocabulary before the first image (so the text tower's size changes no per-image time).
+    "ViT-B/16-image": dict(
+        embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
+        context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1,
     ),
     # Same interfaces (512-d embeddings, 224 px, 77 tokens), one narrow layer per tower: for quick checks.
     "tiny": dict(
@@ -306,6 +314,20 @@ def run_worker(spec_path: Path) -> None:
                 timings[f"final_clip_{'on' if branch else 'off'}_s"] = time.perf_counter() - start
             payload["timings"] = timings
     torch.save(payload, spec["output"])
+    if spec.get("serve"):
+        print(READY_TAG, flush=True)
+        serve_timings(final)
+
+
+def serve_timings(final) -> None:
+    """Worker side of timed runs: for each line of stdin naming a saved (3, H, W) uint8 image, run the official
+    model on it with the CLIP branch on and answer with one line: wall seconds and this process's CPU seconds."""
+    for line in sys.stdin:
+        image = torch.load(line.strip(), weights_only=True)
+        wall, cpu = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            final(image, True)
+        print(f"{TIMING_TAG} {time.perf_counter() - wall:.6f} {time.process_time() - cpu:.6f}", flush=True)
 
 
 # ==================================================================================== zegseg side (main process)
@@ -336,8 +358,7 @@ def synthetic_image(size: int, seed: int) -> torch.Tensor:
     return (image * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def run_official(args: argparse.Namespace, workdir: Path, spec: Dict) -> Dict:
-    """Run the worker process on ``spec`` and return what it saved."""
+def _official_spec(args: argparse.Namespace, workdir: Path, spec: Dict) -> Tuple[Path, Dict]:
     root = Path(args.official_root).resolve()
     model = MODELS[args.model]
     spec = {
@@ -351,12 +372,58 @@ def run_official(args: argparse.Namespace, workdir: Path, spec: Dict) -> Dict:
     }
     spec_path = workdir / "official_spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
+    return spec_path, spec
+
+
+def _worker_command(args: argparse.Namespace, spec_path: Path) -> List[str]:
     # A fresh interpreter in the official root: its `mask_former` (and, for zsseg.baseline, its `clip`) must not
     # meet zegseg's imports.
-    proc = subprocess.run([args.python, str(Path(__file__).resolve()), "--worker", str(spec_path)], cwd=root)
+    return [args.python, str(Path(__file__).resolve()), "--worker", str(spec_path)]
+
+
+def run_official(args: argparse.Namespace, workdir: Path, spec: Dict) -> Dict:
+    """Run the worker process on ``spec`` and return what it saved."""
+    spec_path, spec = _official_spec(args, workdir, spec)
+    proc = subprocess.run(_worker_command(args, spec_path), cwd=spec["official_root"])
     if proc.returncode != 0:
         raise ParityError(f"the official model failed to build or run (exit {proc.returncode}); its traceback is above")
     return torch.load(spec["output"], map_location="cpu", weights_only=True)
+
+
+class OfficialServer:
+    """The official model kept alive in its worker process, timing images on request (:func:`serve_timings`), so
+    that a benchmark can alternate between the two implementations image by image."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, spec: Dict):
+        spec_path, spec = _official_spec(args, workdir, {**spec, "serve": True})
+        self.workdir = workdir
+        self.proc = subprocess.Popen(
+            _worker_command(args, spec_path), cwd=spec["official_root"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True,
+        )
+        self._read_until(READY_TAG)
+        self.payload = torch.load(spec["output"], map_location="cpu", weights_only=True)
+
+    def _read_until(self, tag: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(tag):
+                return line
+            print(line, end="")  # the official code's own output
+        raise ParityError(f"the official model's process ended (exit {self.proc.wait()}); its traceback is above")
+
+    def time_image(self, image: torch.Tensor, index: int) -> Tuple[float, float]:
+        """Wall and CPU seconds of the official model on ``image`` (3, H, W) uint8, CLIP branch on."""
+        path = self.workdir / f"timing_image_{index}.pt"
+        torch.save(image, path)
+        self.proc.stdin.write(f"{path}\n")
+        self.proc.stdin.flush()
+        wall, cpu = self._read_until(TIMING_TAG).split()[-2:]
+        return float(wall), float(cpu)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
 
 
 def build_zegseg(args: argparse.Namespace, workdir: Path, names: List[str], unseen: List[bool]):
@@ -471,9 +538,28 @@ def _git_head(root: Path) -> Optional[str]:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def load_official_weights(args: argparse.Namespace, cfg, model: torch.nn.Module, state_dict: Dict) -> None:
+    """Convert the official model's weights and load them into zegseg's ``model`` (every key must fit)."""
+    from zegseg.checkpoint.official import config_mismatches, convert_official_state_dict
+
+    conversion = convert_official_state_dict(state_dict, MODELS[args.model]["format"])
+    for line in conversion.summary():
+        print(f"[parity] converter: {line}")
+    problems = config_mismatches(conversion, cfg)
+    if problems:
+        print(f"[parity] config vs checkpoint: {'; '.join(problems)}")
+    incompatible = model.load_state_dict(conversion.model, strict=False)
+    if incompatible.missing_keys or incompatible.unexpected_keys:
+        raise ParityError(
+            f"converted weights do not fit zegseg's model: missing {incompatible.missing_keys[:5]} "
+            f"({len(incompatible.missing_keys)}), unexpected {incompatible.unexpected_keys[:5]} "
+            f"({len(incompatible.unexpected_keys)})"
+        )
+    model.eval()
+
+
 def check(args: argparse.Namespace) -> List[Dict]:
     import zegseg  # noqa: F401  (registers the datasets)
-    from zegseg.checkpoint.official import config_mismatches, convert_official_state_dict
     from zegseg.modeling.vocabulary import dataset_vocabulary
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="zegseg_parity_")).resolve()
@@ -498,20 +584,7 @@ def check(args: argparse.Namespace) -> List[Dict]:
 
     start = time.perf_counter()
     cfg, model = build_zegseg(args, workdir, names, unseen)
-    conversion = convert_official_state_dict(official["state_dict"], MODELS[args.model]["format"])
-    for line in conversion.summary():
-        print(f"[parity] converter: {line}")
-    problems = config_mismatches(conversion, cfg)
-    if problems:
-        print(f"[parity] config vs checkpoint: {'; '.join(problems)}")
-    incompatible = model.load_state_dict(conversion.model, strict=False)
-    if incompatible.missing_keys or incompatible.unexpected_keys:
-        raise ParityError(
-            f"converted weights do not fit zegseg's model: missing {incompatible.missing_keys[:5]} "
-            f"({len(incompatible.missing_keys)}), unexpected {incompatible.unexpected_keys[:5]} "
-            f"({len(incompatible.unexpected_keys)})"
-        )
-    model.eval()
+    load_official_weights(args, cfg, model, official["state_dict"])
     rows = [
         compare("text embeddings, segment classifier", model.test_text_embeddings, official["text"]["segment"], ""),
         compare("text embeddings, CLIP image branch", _region_text(model), official["text"]["region"], ""),
