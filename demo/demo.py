@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -19,38 +18,37 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from glob import glob
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import tqdm
 from detectron2.config import CfgNode
-from PIL import Image
 
 from zegseg.checkpoint import CheckpointError
+from zegseg.demo_core import (
+    LABELS_SUFFIX,
+    OVERLAY_SUFFIX,
+    VIDEO_SUFFIX,
+    VocabularyFileError,
+    collect_inputs,
+    read_vocabulary_file,
+    remove_files,
+    render_result,
+    result_is_complete,
+    write_image_outputs,
+    write_json,
+)
 from zegseg.engine.setup_config import ConfigError, load_config
 from zegseg.modeling.clip.loader import ClipWeightsNotFoundError
-from zegseg.modeling.vocabulary import check_vocabulary, normalise_class, parse_vocabulary
+from zegseg.modeling.vocabulary import check_vocabulary, parse_vocabulary
 from zegseg.predictor import Predictor, SegmentationResult
-from zegseg.utils.atomic_io import atomic_write, temporary_path
-from zegseg.utils.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
-from zegseg.utils.visualize import (
-    add_legend,
-    class_palette,
-    legend_entries,
-    legend_font_size,
-    legend_width,
-    overlay_labels,
-)
+from zegseg.utils.atomic_io import temporary_path
+from zegseg.utils.image_io import ImageReadError, read_image
+from zegseg.utils.visualize import class_palette, legend_font_size, legend_width
 
 logger = logging.getLogger("zegseg.demo")
-
-OVERLAY_SUFFIX = "_overlay.png"
-LABELS_SUFFIX = "_labels.png"
-VIDEO_SUFFIX = "_overlay.mp4"
-
 
 class UsageError(Exception):
     """A bad command line, config, vocabulary or weights file: reported in one line, exit code 2."""
@@ -130,24 +128,16 @@ def _positive_int(text: str) -> int:
 
 
 # -------------------------------------------------------------- vocabulary (parse_vocabulary: zegseg's own rule)
-def read_vocabulary_file(path: str) -> List[str]:
-    """One class per line ("a, b" = synonyms of one class); blank lines and lines starting with "#" skipped."""
-    try:
-        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"--vocabulary-file: no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--vocabulary-file: cannot read {path} ({e})") from None
-    names = [normalise_class(line) for line in lines if not line.strip().startswith("#")]
-    return [n for n in names if n]
-
-
 def resolve_vocabulary(args: argparse.Namespace) -> Tuple[Optional[List[str]], Optional[List[str]]]:
     """The vocabulary and unseen names from the options (``None``: the config's), validated."""
     if args.vocabulary is not None:
         names, option = parse_vocabulary(args.vocabulary), "--vocabulary"
     elif args.vocabulary_file is not None:
-        names, option = read_vocabulary_file(args.vocabulary_file), f"--vocabulary-file {args.vocabulary_file}"
+        try:
+            names = read_vocabulary_file(args.vocabulary_file)
+        except VocabularyFileError as e:
+            raise UsageError(str(e)) from None
+        option = f"--vocabulary-file {args.vocabulary_file}"
     else:
         if args.unseen is not None:
             raise UsageError("--unseen needs --vocabulary or --vocabulary-file")
@@ -158,79 +148,6 @@ def resolve_vocabulary(args: argparse.Namespace) -> Tuple[Optional[List[str]], O
     except ValueError as e:
         raise UsageError(f"{option}: {e}") from None
     return names, unseen
-
-
-# ----------------------------------------------------------------------------------------------------- inputs
-@dataclass
-class Inputs:
-    images: List[Tuple[Path, str]] = field(default_factory=list)  # (file, output stem relative to --output)
-    videos: List[Tuple[Path, str]] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)  # one-line problems with the --input / --video-input values
-
-
-def _is_within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
-def collect_inputs(image_specs: Sequence[str], video_specs: Sequence[str], output_dir: Path) -> Inputs:
-    """Expand files, folders and globs into input files with unique output stems.
-
-    Folders are searched recursively for the endings in IMAGE_EXTENSIONS; a file named explicitly or matched by
-    a glob is tried whatever its ending. Files under the output folder are left out of folders and globs (the
-    demo never segments its own results); a file named explicitly is taken as it is.
-    """
-    found = Inputs()
-    out = output_dir.resolve()
-    seen: set = set()
-    stems: Dict[str, int] = {}
-
-    def add(target: List[Tuple[Path, str]], path: Path, stem: str) -> None:
-        key = path.resolve()
-        if key in seen:
-            return
-        seen.add(key)
-        unique = stem
-        while unique in stems:
-            stems[stem] += 1
-            unique = f"{stem}_{stems[stem]}"
-        if unique != stem:
-            logger.warning("%s: another input also maps to %r; writing its results as %r", path, stem, unique)
-        stems.setdefault(unique, 1)
-        target.append((path, unique))
-
-    for specs, target, kind in ((image_specs, found.images, "--input"), (video_specs, found.videos, "--video-input")):
-        for spec in specs:
-            path = Path(spec).expanduser()
-            if path.is_dir() and kind == "--input":
-                files = sorted(
-                    f
-                    for f in path.rglob("*")
-                    if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not _is_within(f, out)
-                )
-                if not files:
-                    found.missing.append(f"{kind} {spec}: no image files ({' '.join(IMAGE_EXTENSIONS)}) in this folder")
-                for f in files:
-                    add(target, f, f.relative_to(path).with_suffix("").as_posix())
-            elif path.is_file():
-                add(target, path, path.stem)
-            elif any(c in spec for c in "*?["):
-                matches = sorted(Path(m) for m in glob(os.path.expanduser(spec), recursive=True))
-                files = [m for m in matches if m.is_file() and not _is_within(m, out)]
-                if len(files) < sum(m.is_file() for m in matches):
-                    logger.info("%s %s: files under the output folder %s left out", kind, spec, output_dir)
-                if not files:
-                    found.missing.append(f"{kind} {spec}: no files match (outside the output folder)")
-                for f in files:
-                    add(target, f, f.stem)
-            elif path.is_dir():
-                found.missing.append(f"{kind} {spec}: is a folder; give the video files")
-            else:
-                found.missing.append(f"{kind} {spec}: no such {'file or folder' if kind == '--input' else 'file'}")
-    return found
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -253,16 +170,6 @@ class Summary:
         )
 
 
-def result_is_complete(files: Sequence[Path], report: Path) -> bool:
-    """Whether an earlier run finished this result: its JSON report, always written last, is complete and every
-    other file exists (each file is written atomically, so an existing file is whole)."""
-    try:
-        json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return all(p.is_file() for p in files)
-
-
 def _skip_or_restart(path: Path, files: Sequence[Path], report: Path, args) -> bool:
     """True: keep the complete earlier result. False: (re)do it; an incomplete one is announced."""
     if not args.overwrite and result_is_complete(files, report):
@@ -272,49 +179,6 @@ def _skip_or_restart(path: Path, files: Sequence[Path], report: Path, args) -> b
         logger.info("%s: the results of an interrupted run are incomplete: redoing them", path)
     report.unlink(missing_ok=True)  # the completion marker goes first and comes back last
     return False
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    with atomic_write(path) as f:
-        Image.fromarray(array).save(f, format="PNG")
-
-
-def _write_json(path: Path, data: Dict[str, object]) -> None:
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def _remove(paths: Sequence[Path]) -> None:
-    for p in paths:
-        p.unlink(missing_ok=True)
-
-
-def _render(
-    image_rgb: np.ndarray, result: SegmentationResult, palette: np.ndarray, alpha: float, **legend
-) -> np.ndarray:
-    """Overlay and legend of the classes present, as (H', W', 3) uint8 RGB."""
-    fractions = np.array(list(result.fractions.values()))
-    entries = legend_entries(result.vocabulary, result.present_classes(), fractions, palette, result.unknown_fraction)
-    return add_legend(overlay_labels(image_rgb, result.labels, palette, alpha), entries, **legend)
-
-
-def write_image_outputs(
-    path: Path, image_rgb: np.ndarray, result: SegmentationResult, targets: Dict[str, Path], args, palette
-) -> None:
-    """Overlay PNG, label-map PNG and, last, the JSON summary of one image; each file written atomically."""
-    _write_png(targets["overlay"], _render(image_rgb, result, palette, args.alpha))
-    labels = result.label_image()
-    _write_png(targets["labels"], labels)
-    summary = {
-        "input": str(path),
-        **result.to_dict(),
-        "confidence_threshold": args.confidence_threshold,
-        "label_map": targets["labels"].name,
-        "label_dtype": str(labels.dtype),
-        "unknown_label": int(np.iinfo(labels.dtype).max),
-        "overlay": targets["overlay"].name,
-    }
-    _write_json(targets["json"], summary)
 
 
 def process_images(
@@ -344,10 +208,18 @@ def process_images(
         for (path, targets, image), result in zip(batch, _predict_isolating_failures(predictor, batch, summary)):
             if result is not None:
                 try:
-                    write_image_outputs(path, image, result, targets, args, palette)
+                    write_image_outputs(
+                        path,
+                        image,
+                        result,
+                        targets,
+                        alpha=args.alpha,
+                        confidence_threshold=args.confidence_threshold,
+                        palette=palette,
+                    )
                     summary.done += 1
                 except Exception as e:
-                    _remove(list(targets.values()))
+                    remove_files(list(targets.values()))
                     logger.error("%s: cannot write the results (%s: %s)", path, type(e).__name__, e)
                     logger.debug("traceback", exc_info=True)
                     summary.failed += 1
@@ -418,7 +290,7 @@ def process_video(predictor: Predictor, path: Path, stem: str, output_dir: Path,
                 frame = frame if ok else None
             for image, result in zip(batch, predictor.predict_batch(batch, image_format="BGR")):
                 rgb = np.ascontiguousarray(image[:, :, ::-1])
-                canvas = _render(rgb, result, palette, args.alpha, panel_width=panel, font_size=font_size)
+                canvas = render_result(rgb, result, palette, args.alpha, panel_width=panel, font_size=font_size)
                 writer.write(np.ascontiguousarray(canvas[:, :, ::-1]))
                 counts += np.bincount(result.labels.ravel() + 1, minlength=len(vocabulary) + 1)
             frames += len(batch)
@@ -429,7 +301,7 @@ def process_video(predictor: Predictor, path: Path, stem: str, output_dir: Path,
         if total is not None and frames < total:
             logger.warning("%s: decoded %d of %d frames", path, frames, total)
         pixels = max(int(counts.sum()), 1)
-        _write_json(
+        write_json(
             report,
             {
                 "input": str(path),
@@ -448,7 +320,7 @@ def process_video(predictor: Predictor, path: Path, stem: str, output_dir: Path,
         summary.videos += 1
         summary.frames += frames
     except Exception as e:
-        _remove([target, report])
+        remove_files([target, report])
         logger.error("%s: video failed (%s: %s)", path, type(e).__name__, e)
         logger.debug("traceback", exc_info=True)
         summary.failed += 1
@@ -488,6 +360,7 @@ def _setup_logging() -> Tuple[logging.Handler, int]:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logger.setLevel(logging.INFO)
+    logging.getLogger("zegseg.demo_core").setLevel(logging.INFO)  # the shared parts' info lines, as the demo's
     return handler, previous
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from zegseg.checkpoint import ZegsegCheckpointer
+from zegseg.demo_core import outputs as demo_outputs
 from zegseg.engine import ZegsegTrainer
 from zegseg.engine.metrics_writer import drop_records_from
 
@@ -41,12 +42,12 @@ def outputs(folder):
 @pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
 def test_demo_interrupted_while_writing_leaves_no_finished_result(demo, opts, image, tmp_path, monkeypatch, how):  # noqa: F811
     out = tmp_path / "out"
-    real_write_png, calls = demo._write_png, []
+    real_write_png, calls = demo_outputs.write_png, []
 
     def interrupted_on_second_file(path, array):
         calls.append(path)
         if len(calls) == 2:  # the label map: half written when the interruption comes
-            with demo.atomic_write(path) as f:
+            with demo_outputs.atomic_write(path) as f:
                 f.write(b"\x89PNG\r\n\x1a\n half")
                 if how == "ctrl_c":
                     raise KeyboardInterrupt
@@ -54,14 +55,14 @@ def test_demo_interrupted_while_writing_leaves_no_finished_result(demo, opts, im
                 f.write(b"never reached")
         real_write_png(path, array)
 
-    monkeypatch.setattr(demo, "_write_png", interrupted_on_second_file)
+    monkeypatch.setattr(demo_outputs, "write_png", interrupted_on_second_file)
     code, log = run(demo, "--input", image, "--output", out, "--vocabulary", VOCAB, opts=opts)
     assert code == 130 and "interrupted" in log
     assert outputs(out) == ["photo_overlay.png"]  # complete on its own, but no JSON: not a finished result
     assert not leftovers(out)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the demo's handler is gone again
 
-    monkeypatch.setattr(demo, "_write_png", real_write_png)
+    monkeypatch.setattr(demo_outputs, "write_png", real_write_png)
     code, log = run(demo, "--input", image, "--output", out, "--vocabulary", VOCAB, opts=opts)
     assert code == 0 and "1 done, 0 failed, 0 skipped" in log and "incomplete" in log
     assert outputs(out) == ["photo.json", "photo_labels.png", "photo_overlay.png"]
