@@ -9,13 +9,14 @@ CLIP's own ``encode_image``.
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from clip.model import VisionTransformer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["encode_image"]
+__all__ = ["embed_patches", "encode_image"]
 
 
 def encode_image(clip_model: nn.Module, images: Tensor) -> Tensor:
@@ -38,6 +39,23 @@ def encode_image(clip_model: nn.Module, images: Tensor) -> Tensor:
             f"{type(visual).__name__} image towers take {res} x {res} inputs only, got {tuple(images.shape[-2:])}: "
             f"use INPUT.SEGMENT_CROP.SIZE ({res}, {res}) or a ViT CLIP"
         )
+    x, _ = embed_patches(visual, images)
+    x = visual.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD
+    x = visual.ln_post(x[:, 0, :])
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def embed_patches(visual: VisionTransformer, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+    """A ViT image tower's input tokens for (B, 3, H, W) CLIP-normalised images of any size: patch embeddings after
+    the class token, plus the positional embedding (its patch grid resized bicubically to the input's), then
+    ``ln_pre``.
+
+    Returns:
+        tokens: (B, 1 + gh * gw, width) in the tower's dtype, class token first, patches row by row.
+        grid: (gh, gw) = (H // P, W // P), P the patch size.
+    Raises:
+        ValueError: an input smaller than the patch size.
+    """
     dtype = visual.conv1.weight.dtype
     x = visual.conv1(images.to(dtype))  # (B, width, gh, gw)
     b, width, gh, gw = x.shape
@@ -48,10 +66,8 @@ def encode_image(clip_model: nn.Module, images: Tensor) -> Tensor:
     x = torch.cat([cls, x], dim=1)
     pos = visual.positional_embedding
     grid = math.isqrt(pos.shape[0] - 1)
-    patches = pos[1:].T.reshape(1, width, grid, grid)
-    patches = F.interpolate(patches, size=(gh, gw), mode="bicubic", align_corners=False)
-    pos = torch.cat([pos[:1], patches.reshape(width, gh * gw).T])
-    x = visual.ln_pre(x + pos.to(dtype))
-    x = visual.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD
-    x = visual.ln_post(x[:, 0, :])
-    return x @ visual.proj if visual.proj is not None else x
+    if (gh, gw) != (grid, grid):
+        patches = pos[1:].T.reshape(1, width, grid, grid)
+        patches = F.interpolate(patches, size=(gh, gw), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:1], patches.reshape(width, gh * gw).T])
+    return visual.ln_pre(x + pos.to(dtype)), (gh, gw)
