@@ -15,6 +15,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from zegseg.checkpoint import CheckpointError, ZegsegCheckpointer
 from zegseg.engine import ZegsegTrainer, preflight, setup_cfg
+from zegseg.engine.setup_config import ConfigError
 
 
 def main(args):
@@ -27,7 +28,7 @@ def main(args):
             return ZegsegTrainer.test(cfg, model)
         trainer = ZegsegTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-    except CheckpointError as e:
+    except (CheckpointError, ConfigError) as e:
         raise SystemExit(f"error: {e}") from None
     return trainer.train()
 

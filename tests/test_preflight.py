@@ -121,6 +121,11 @@ def test_unprepared_dataset_names_the_prepare_command(tmp_path, tiny_clip_path):
         (["DATASETS.TEST", "('ade20k_150_val_sem_seg',)", "MODEL.WEIGHTS_PARTIAL_OK", "True"], "is not prepared"),
         (["DATASETS.TEST", "('toy_val_al_sem_seg',)", "MODEL.WEIGHTS_PARTIAL_OK", "True"], "unknown dataset"),
         (["MODEL.WEIGHTS", "{clip}"], "give this model none of its"),  # caught when loading, in main()
+        (  # refused by the model while it is built, in main()
+            ["MODEL.WEIGHTS", "{clip}", "MODEL.META_ARCHITECTURE", "TwoStageCLIP", "MODEL.CLIP.CROP_PROCEDURE",
+             "zegformer"],
+            "config not usable by TwoStageCLIP: TwoStageCLIP needs MODEL.CLIP.CROP_PROCEDURE simple_baseline",
+        ),
     ],
 )
 def test_train_net_prints_one_line_and_no_traceback(tmp_path, tiny_clip_path, opts, fragment):

@@ -20,6 +20,7 @@ from ..data.segment_samples import build_train_dataset
 from ..evaluation import build_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from .metrics_writer import ResumableJSONWriter
+from .setup_config import ConfigError
 
 __all__ = ["ZegsegTrainer"]
 
@@ -73,6 +74,18 @@ class ZegsegTrainer(DefaultTrainer):
             ResumableJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), lambda: trainer.start_iter),
             TensorboardXWriter(self.cfg.OUTPUT_DIR),
         ]
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        """detectron2's model building; a value the model refuses (a ``ValueError`` raised while it reads the
+        config) becomes a :class:`ConfigError` naming the meta-architecture, which ``train_net.py`` prints as one
+        line."""
+        try:
+            return super().build_model(cfg)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"config not usable by {cfg.MODEL.META_ARCHITECTURE}: {e}") from e
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
