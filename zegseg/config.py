@@ -16,6 +16,7 @@ def add_zegseg_config(cfg: CN) -> None:
     _add_clip_config(cfg)
     _add_mask_model_config(cfg)
     _add_meta_arch_config(cfg)
+    _add_generative_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
     cfg.MODEL.WEIGHTS_PARTIAL_OK = False  # load MODEL.WEIGHTS even if it lacks or mismatches parameters (warned)
@@ -122,6 +123,48 @@ def _add_meta_arch_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_LEVEL.NUM_SPATIAL_BLOCKS = 2  # spatial regularisation blocks after the classifier (LSeg's depth)
     cfg.MODEL.PIXEL_LEVEL.SPATIAL_ACTIVATION = "lrelu"  # after each spatial block but the last: lrelu | tanh | relu
     cfg.MODEL.PIXEL_LEVEL.CALIBRATION_GAMMA = 0.0  # gamma subtracted from seen-class probabilities at inference (SPNet)
+
+
+def _add_generative_config(cfg: CN) -> None:
+    # The feature-generation family (ZS3Net, CaGNet): DeepLabv3+ head over the backbone, semantic embeddings.
+    cfg.MODEL.GENERATIVE = CN()
+    cfg.MODEL.GENERATIVE.EMBEDDINGS = "clip"  # class embeddings: "clip" (TEMPLATES' text embeddings) or a .npy/.pt file
+    cfg.MODEL.GENERATIVE.IN_FEATURES = ["res2", "res5"]  # DeepLabv3+ head: (fine, coarse) features; ASPP on coarse
+    cfg.MODEL.GENERATIVE.ASPP_DILATIONS = [6, 12, 18]  # the three ASPP dilations
+    cfg.MODEL.GENERATIVE.ASPP_CHANNELS = 256  # width of the ASPP branches
+    cfg.MODEL.GENERATIVE.ASPP_DROPOUT = 0.1  # dropout after ASPP
+    cfg.MODEL.GENERATIVE.PROJECT_CHANNELS = 48  # width of the projected fine feature
+    cfg.MODEL.GENERATIVE.HEAD_DIM = 256  # width of the head's pixel features (ZS3Net's feature D)
+    cfg.MODEL.GENERATIVE.NORM = "BN"  # normalisation in the head ("BN", "GN", "SyncBN", "")
+
+    cfg.MODEL.ZS3NET = CN()
+    cfg.MODEL.ZS3NET.GENERATOR_START_ITER = 1000  # stage 2 (GMMN + new classifier, network frozen) from this iteration
+    cfg.MODEL.ZS3NET.NOISE_DIM = 300  # width of the GMMN's U[0, 1) noise
+    cfg.MODEL.ZS3NET.GENERATOR_HIDDEN_DIM = 256  # GMMN hidden width
+    cfg.MODEL.ZS3NET.GENERATOR_DROPOUT = 0.5  # GMMN dropout
+    cfg.MODEL.ZS3NET.SAMPLES_PER_CLASS = 128  # real pixels per seen class and generated features per unseen class
+    cfg.MODEL.ZS3NET.MMD_SIGMAS = [2.0, 5.0, 10.0, 20.0, 40.0, 80.0]  # MMD kernel bandwidths (official code)
+
+    cfg.MODEL.CAGNET = CN()
+    cfg.MODEL.CAGNET.FEATURE_DIM = 600  # width of h, the latent code z and the (real / generated) features
+    cfg.MODEL.CAGNET.CONTEXT_DIM = 256  # width of the Contextual Module's dilated convolutions
+    cfg.MODEL.CAGNET.CONTEXT_DILATIONS = [1, 2, 5]  # the Contextual Module's serial dilations
+    cfg.MODEL.CAGNET.GENERATOR_HIDDEN_DIMS = [1024, 960, 864, 784, 720]  # generator's hidden 1x1 convolutions
+    cfg.MODEL.CAGNET.GENERATOR_DROPOUTS = [0.1, 0.1, 0.3, 0.5, 0.5]  # dropout after each hidden layer
+    cfg.MODEL.CAGNET.DISCRIMINATOR_HIDDEN_DIM = 1024  # width of the discriminator / classifier trunk
+    cfg.MODEL.CAGNET.FINETUNE_START_ITER = 1000  # fine-tuning (backbone frozen, steps 1 / 2 alternate) from here
+    cfg.MODEL.CAGNET.CYCLE_ITERS = 100  # length of each step-1 / step-2 block while fine-tuning
+    cfg.MODEL.CAGNET.UNSEEN_RATE = 9.0  # step 2's label maps: unseen class weight 1 + this, seen 1 (VOC 9, COCO 59)
+    cfg.MODEL.CAGNET.KL_WEIGHT = 100.0  # backbone loss: weight of the latent code's KL
+    cfg.MODEL.CAGNET.BACKBONE_CLS_WEIGHT = 0.5  # backbone loss: weight of the classifier's CE on real features
+    cfg.MODEL.CAGNET.ADV_WEIGHT = 1.0  # generator: adversarial loss weight
+    cfg.MODEL.CAGNET.CONTENT_WEIGHT = 50.0  # generator: content (per-class MMD) loss weight
+    cfg.MODEL.CAGNET.TRAIN_CLS_WEIGHTS = [1.0, 0.0]  # classifier CE on (real, generated) features, training stage
+    cfg.MODEL.CAGNET.FINETUNE_CLS_WEIGHTS = [0.75, 0.25]  # the same in fine-tuning's step 1
+    cfg.MODEL.CAGNET.TRANSFER_CLS_WEIGHT = 0.125  # step 2: classifier CE on features from random maps (COCO 1)
+    cfg.MODEL.CAGNET.TRANSFER_GEN_WEIGHT = 0.0  # step 2: generator CE through the classifier (VOC 0, COCO 1)
+    cfg.MODEL.CAGNET.CONTENT_SAMPLES = 128  # pixels per present class in the content MMD
+    cfg.MODEL.CAGNET.MMD_SIGMAS = [2.0, 5.0, 10.0, 20.0, 40.0, 60.0]  # content MMD bandwidths (official code)
 
 
 def _add_solver_config(cfg: CN) -> None:

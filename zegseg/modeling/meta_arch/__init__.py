@@ -1,16 +1,20 @@
 """zegseg's meta-architectures, registered in detectron2's META_ARCH_REGISTRY on import."""
 from ..mask_classification import MaskClassificationSegmentor
 from .base import OpenVocabSegmentor
+from .cagnet import CaGNet
 from .pixel_level import PixelLevelZS
 from .prompt_learning import PromptLearnerCLIP
 from .two_stage import TwoStageCLIP
 from .zegformer import ZegFormer
+from .zs3net import ZS3Net
 
 __all__ = [
+    "CaGNet",
     "MaskClassificationSegmentor",
     "OpenVocabSegmentor",
     "PixelLevelZS",
     "PromptLearnerCLIP",
     "TwoStageCLIP",
+    "ZS3Net",
     "ZegFormer",
 ]
