@@ -1,5 +1,6 @@
 """The feature-generation family (ZS3Net, CaGNet): parts on hand-built inputs, losses against hand computations,
 each training stage lowering its loss, the no-unseen-labels guard, and a short run through the trainer."""
+import argparse
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from detectron2.utils.events import EventStorage
 import zegseg  # noqa: F401
 from zegseg.data.datasets.register_toy import TOY_DATASETS, register_all_toy
 from zegseg.data.toy.generate import generate_toy_world
-from zegseg.engine import ZegsegTrainer
+from zegseg.engine import ZegsegTrainer, preflight
 from zegseg.engine.setup_config import load_config
 from zegseg.modeling.generative import (
     ContextualModule,
@@ -217,6 +218,22 @@ def test_embeddings_from_clip_or_files(tmp_path):
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     with pytest.raises(ValueError, match="cannot read the class-embedding file"):
         load_class_embeddings(str(tmp_path / "bad.npy"), names, text)
+
+
+def test_preflight_names_a_bad_embedding_file_in_one_line(tmp_path):
+    np.save(tmp_path / "w2v.npy", np.zeros((30, 8), dtype=np.float32))  # the toy world has 35 classes
+    for source, reason in ((tmp_path / "w2v.npy", "has 30 rows for 35 classes"), (tmp_path / "no.npy", "not found")):
+        args = argparse.Namespace(
+            config_file="configs/toy/zs3net.yaml",
+            opts=["MODEL.GENERATIVE.EMBEDDINGS", str(source)],
+            resume=False,
+            eval_only=False,
+        )
+        with pytest.raises(SystemExit) as err:
+            preflight(args)
+        message = str(err.value)
+        assert message.startswith("error: MODEL.GENERATIVE.EMBEDDINGS: ") and "\n" not in message
+        assert reason in message
 
 
 # --------------------------------------------------------------------------------------------------- models

@@ -21,11 +21,12 @@ from detectron2.data import DatasetCatalog
 from ..checkpoint import CheckpointError, read_weights_file
 from ..data.datasets.common import LayoutError, dataset_root
 from ..modeling.clip import ClipWeightsNotFoundError, load_clip
+from ..modeling.generative import generation_vocabulary, load_class_embeddings
 from .setup_config import ConfigError, load_config
 
 __all__ = ["preflight"]
 
-_CLIP_MODELS = ("ZegFormer", "TwoStageCLIP", "PromptLearnerCLIP", "PixelLevelZS")
+_CLIP_MODELS = ("ZegFormer", "TwoStageCLIP", "PromptLearnerCLIP", "PixelLevelZS", "ZS3Net", "CaGNet")
 
 
 def _fail(message: str) -> SystemExit:
@@ -79,6 +80,17 @@ def _check_clip(cfg: CfgNode) -> None:
             raise _fail(f"MODEL.CLIP.PROMPT_LEARNER.WEIGHTS: {e}") from None
 
 
+def _check_class_embeddings(cfg: CfgNode) -> None:
+    """A feature-generation model's MODEL.GENERATIVE.EMBEDDINGS file: readable, one vector per class."""
+    source = cfg.MODEL.GENERATIVE.EMBEDDINGS
+    if cfg.MODEL.META_ARCHITECTURE not in ("ZS3Net", "CaGNet") or source == "clip":
+        return
+    try:
+        load_class_embeddings(source, generation_vocabulary(cfg), text_embedder=None)
+    except ValueError as e:
+        raise _fail(f"MODEL.GENERATIVE.EMBEDDINGS: {e}") from None
+
+
 def _datasets(cfg: CfgNode, eval_only: bool) -> Iterator[Tuple[str, str]]:
     keys = ("DATASETS.TEST",) if eval_only else ("DATASETS.TRAIN", "DATASETS.TEST")
     for key in keys:
@@ -124,4 +136,5 @@ def preflight(args: argparse.Namespace) -> CfgNode:
     _check_weights(cfg, eval_only, resuming)
     _check_clip(cfg)
     _check_datasets(cfg, eval_only)
+    _check_class_embeddings(cfg)
     return cfg

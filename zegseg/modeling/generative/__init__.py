@@ -7,7 +7,13 @@ from .generators import GMMNGenerator, PixelFeatureGenerator
 from .head import build_deeplab_feature_head
 from .losses import adversarial_l1, classwise_mmd, kl_divergence, mmd
 from .sampling import class_prior, sample_label_maps, sample_pixels_per_class
-from .segmentor import GenerativeSegmentor, current_iteration, frozen, with_frozen_parameters
+from .segmentor import (
+    GenerativeSegmentor,
+    current_iteration,
+    frozen,
+    generation_vocabulary,
+    with_frozen_parameters,
+)
 
 __all__ = [
     "ContextualModule",
@@ -22,6 +28,7 @@ __all__ = [
     "classwise_mmd",
     "current_iteration",
     "frozen",
+    "generation_vocabulary",
     "kl_divergence",
     "load_class_embeddings",
     "mmd",

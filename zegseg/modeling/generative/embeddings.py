@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ def read_embedding_file(path: str) -> Tensor | Dict[str, Tensor]:
 
 
 def load_class_embeddings(
-    source: str, class_names: Sequence[str], text_embedder: Callable[[Sequence[str]], Tensor]
+    source: str, class_names: Sequence[str], text_embedder: Optional[Callable[[Sequence[str]], Tensor]]
 ) -> Tensor:
     """(K, E) L2-normalised embeddings of ``class_names``.
 
@@ -54,11 +54,13 @@ def load_class_embeddings(
             path (see :func:`read_embedding_file`; a (K, E) array must list the classes in ``class_names``'
             order: the training classes, then the unseen ones).
         class_names: the K classes, in the order of the model's classifier.
-        text_embedder: names → (K, E) CLIP text embeddings.
+        text_embedder: names → (K, E) CLIP text embeddings (needed for "clip" only).
     Raises:
-        ValueError: a file whose rows or names do not match ``class_names``.
+        ValueError: a file whose rows or names do not match ``class_names``, or "clip" without an embedder.
     """
     if source == "clip":
+        if text_embedder is None:
+            raise ValueError('class embeddings "clip" need a text embedder')
         return F.normalize(text_embedder(list(class_names)).float(), dim=-1)
     data = read_embedding_file(source)
     if isinstance(data, dict):

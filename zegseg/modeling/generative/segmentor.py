@@ -14,11 +14,21 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from ..meta_arch.base import OpenVocabSegmentor, open_vocab_config
+from ..meta_arch.base import OpenVocabSegmentor, default_vocabularies, open_vocab_config
 from .embeddings import load_class_embeddings
 from .head import build_deeplab_feature_head
 
-__all__ = ["GenerativeSegmentor", "current_iteration", "frozen", "with_frozen_parameters"]
+__all__ = ["GenerativeSegmentor", "current_iteration", "frozen", "generation_vocabulary", "with_frozen_parameters"]
+
+
+def generation_vocabulary(cfg: CfgNode) -> List[str]:
+    """The classes a feature-generation model's classifier covers: the training classes (DATASETS.TRAIN[0]),
+    then the inference vocabulary's unseen classes (TEST.VOCABULARY / TEST.UNSEEN_CLASSES, else DATASETS.TEST[0]'s
+    ``unseen_classes``), whose features are generated from their embeddings."""
+    vocab = default_vocabularies(cfg)
+    train = vocab["train_class_names"]
+    unseen = [n for n, u in zip(vocab["test_class_names"], vocab["test_unseen"]) if u and n not in train]
+    return train + unseen
 
 
 def current_iteration() -> int:
@@ -110,9 +120,7 @@ class GenerativeSegmentor(OpenVocabSegmentor):
     def generative_config(cls, cfg: CfgNode) -> Dict:
         """``from_config`` arguments shared by the feature-generation models (reads MODEL.GENERATIVE)."""
         shared = open_vocab_config(cfg)
-        train_names = shared["train_class_names"]
-        unseen = [n for n, u in zip(shared["test_class_names"], shared["test_unseen"]) if u and n not in train_names]
-        names = train_names + unseen
+        names = generation_vocabulary(cfg)
         g = cfg.MODEL.GENERATIVE
         head = build_deeplab_feature_head(
             shared["backbone"].output_shape(),
