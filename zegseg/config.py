@@ -124,6 +124,10 @@ def _add_meta_arch_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_LEVEL.SPATIAL_ACTIVATION = "lrelu"  # after each spatial block but the last: lrelu | tanh | relu
     cfg.MODEL.PIXEL_LEVEL.CALIBRATION_GAMMA = 0.0  # gamma subtracted from seen-class probabilities at inference (SPNet)
 
+    cfg.MODEL.MASKCLIP = CN()  # MaskCLIP (training-free dense CLIP features)
+    cfg.MODEL.MASKCLIP.KEY_SMOOTHING_THRESH = 0.0  # smooth where the top class probability is below this (0: off)
+    cfg.MODEL.MASKCLIP.PROMPT_DENOISING_THRESH = 0.0  # drop classes whose peak probability is below this (0: off)
+
 
 def _add_generative_config(cfg: CN) -> None:
     # The feature-generation family (ZS3Net, CaGNet): DeepLabv3+ head over the backbone, semantic embeddings.

@@ -151,12 +151,16 @@ class ZegsegCheckpointer(DetectionCheckpointer):
         """Load ``path`` into the model (and the checkpointables); see the class docstring for the rules.
 
         Raises:
-            MissingWeightsError: ``path`` is empty and the weights must be complete (unless ``partial_ok``).
+            MissingWeightsError: ``path`` is empty and the weights must be complete (unless ``partial_ok``, or the
+                model is training-free: its ``needs_trained_weights`` is False).
             UnsafeCheckpointError, UnreadableCheckpointError, IncompatibleCheckpointError: one-line messages.
         """
         if not path:
             if self._initialising:
                 logger.info("No MODEL.WEIGHTS: training from scratch")
+                return {}
+            if not getattr(self.model, "needs_trained_weights", True):
+                logger.info("No MODEL.WEIGHTS: %s is training-free", type(self.model).__name__)
                 return {}
             if not self.partial_ok:
                 raise MissingWeightsError(

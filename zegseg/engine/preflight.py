@@ -2,8 +2,9 @@
 
 Each check names the file, config key or dataset at fault and the fix; what passes here is what the run will use:
 the config file (safe YAML, known keys) and overrides, MODEL.WEIGHTS (present, readable without running code,
-not empty for ``--eval-only``), the CLIP checkpoint and learned prompts (present and readable), and every
-dataset of DATASETS.TRAIN / DATASETS.TEST (registered and prepared). Whether MODEL.WEIGHTS fits the model is
+not empty for ``--eval-only`` unless the model is training-free, which only ``--eval-only`` runs), the CLIP
+checkpoint and learned prompts (present and readable), and every dataset of DATASETS.TRAIN / DATASETS.TEST
+(registered and prepared). Whether MODEL.WEIGHTS fits the model is
 checked when it is loaded (:mod:`zegseg.checkpoint.completeness`).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Iterator, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..checkpoint import CheckpointError, read_weights_file
 from ..data.datasets.common import LayoutError, dataset_root
@@ -26,15 +28,29 @@ from .setup_config import ConfigError, load_config
 
 __all__ = ["preflight"]
 
-_CLIP_MODELS = ("ZegFormer", "TwoStageCLIP", "PromptLearnerCLIP", "PixelLevelZS", "ZS3Net", "CaGNet")
+_CLIP_MODELS = ("ZegFormer", "TwoStageCLIP", "PromptLearnerCLIP", "PixelLevelZS", "MaskCLIP", "ZS3Net", "CaGNet")
 
 
 def _fail(message: str) -> SystemExit:
     return SystemExit(f"error: {message}")
 
 
+def _needs_trained_weights(cfg: CfgNode) -> bool:
+    """False for training-free meta-architectures (``needs_trained_weights = False`` on the class)."""
+    try:
+        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    except KeyError:
+        raise _fail(f"unknown MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}") from None
+    return bool(getattr(arch, "needs_trained_weights", True))
+
+
 def _check_weights(cfg: CfgNode, eval_only: bool, resuming: bool) -> None:
     weights = cfg.MODEL.WEIGHTS
+    if not _needs_trained_weights(cfg):
+        if not eval_only:
+            raise _fail(f"{cfg.MODEL.META_ARCHITECTURE} is training-free: evaluate it with --eval-only")
+        if not weights:  # nothing to load
+            return
     if resuming:  # the checkpoint in OUTPUT_DIR is used, not MODEL.WEIGHTS
         return
     if not weights:

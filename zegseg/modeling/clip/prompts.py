@@ -10,6 +10,7 @@ Sets:
 * ``selected8``: the 8 ImageNet templates ZegFormer selected for its segment classifier.
 * ``vild``: the 14 templates of the "simple baseline" two-stage classifier (its ``VILD_PROMPT``).
 * ``imagenet80``: the 80 ImageNet templates of CLIP's prompt-engineering notebook.
+* ``maskclip85``: MaskCLIP's 85: the 80 ImageNet templates and 5 "there is / this is ... in the scene." ones.
 * ``zegformer_region``: the 32 templates (with "masked"/"cropped" wordings) ZegFormer used for the text side of
   its CLIP image branch.
 * ``sculpture``: the simple baseline's single template.
@@ -171,11 +172,20 @@ _ZEGFORMER_REGION: Tuple[str, ...] = (
     "This is one masked {} in the scene",
 )
 
+_MASKCLIP_SCENE: Tuple[str, ...] = (
+    "there is a {} in the scene.",
+    "there is the {} in the scene.",
+    "this is a {} in the scene.",
+    "this is the {} in the scene.",
+    "this is one {} in the scene.",
+)
+
 TEMPLATE_SETS: Dict[str, Tuple[str, ...]] = {
     "single": _SINGLE,
     "selected8": _SELECTED8,
     "vild": _VILD,
     "imagenet80": _IMAGENET80,
+    "maskclip85": _IMAGENET80 + _MASKCLIP_SCENE,
     "zegformer_region": _ZEGFORMER_REGION,
     "sculpture": ("a sculpture of a {}.",),
     "photo": ("a photo of a {}.",),

@@ -2,6 +2,7 @@
 from ..mask_classification import MaskClassificationSegmentor
 from .base import OpenVocabSegmentor
 from .cagnet import CaGNet
+from .maskclip import MaskCLIP
 from .pixel_level import PixelLevelZS
 from .prompt_learning import PromptLearnerCLIP
 from .two_stage import TwoStageCLIP
@@ -10,6 +11,7 @@ from .zs3net import ZS3Net
 
 __all__ = [
     "CaGNet",
+    "MaskCLIP",
     "MaskClassificationSegmentor",
     "OpenVocabSegmentor",
     "PixelLevelZS",

@@ -3,7 +3,7 @@ names that can be changed at run time."""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -106,13 +106,17 @@ class OpenVocabSegmentor(nn.Module):
     from its own file) and two vocabularies: the training one (seen classes) and the inference one, whose
     text embeddings are buffers computed once per vocabulary by a cached :class:`TextEmbedder`.
 
-    Subclasses implement ``forward``.
+    Subclasses implement ``forward``. A subclass that needs no trained weights (a training-free model, all of whose
+    parameters are CLIP's) sets :attr:`needs_trained_weights` to False: evaluation then runs without MODEL.WEIGHTS.
     """
+
+    needs_trained_weights: ClassVar[bool] = True
+    """False for training-free models: ``--eval-only`` and the checkpointer accept an empty MODEL.WEIGHTS."""
 
     def __init__(
         self,
         *,
-        backbone: nn.Module,
+        backbone: Optional[nn.Module],
         clip_model: nn.Module,
         text_embedder: Callable[[Sequence[str]], Tensor],
         test_text_embedder: Optional[Callable[[Sequence[str]], Tensor]] = None,
@@ -127,7 +131,7 @@ class OpenVocabSegmentor(nn.Module):
     ):
         """
         Args:
-            backbone: a detectron2 backbone.
+            backbone: a detectron2 backbone (``None``: the model's only image encoder is the frozen CLIP).
             clip_model: frozen OpenAI-format CLIP (its image tower is used by subclasses with a CLIP image branch).
             text_embedder: maps class names to (K, D) L2-normalised text embeddings (cached).
             test_text_embedder: the same for the inference vocabulary (``None``: ``text_embedder``).
