@@ -48,6 +48,8 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.CUSTOM_TEMPLATES = []  # templates with one "{}" each, used when TEMPLATES is "custom"
     cfg.MODEL.CLIP.EMBED_CACHE_DIR = ""  # on-disk text-embedding cache ("": ~/.cache/zegseg/text_embeddings)
     cfg.MODEL.CLIP.CROP_PROCEDURE = "zegformer"  # mask to CLIP crop: zegformer | simple_baseline (official) | roi_align
+    cfg.MODEL.CLIP.REGION_MODE = "crops"  # queries' CLIP view: crops (a forward per crop) | dense (mask-pooled, one)
+    cfg.MODEL.CLIP.DENSE_SCALE = 1.0  # REGION_MODE dense: resize the image by this before its CLIP forward
     cfg.MODEL.CLIP.CROP_STYLE = "cropmask"  # region crops for the image branch: cropmask | mask | crop
     cfg.MODEL.CLIP.MASK_THRESHOLD = 0.5  # a query's pixels are those with sigmoid(mask logit) above this
     cfg.MODEL.CLIP.CROP_EXPAND_RATIO = 1.0  # scale each mask's box by this before cropping (not "zegformer")

@@ -20,6 +20,11 @@ Crop procedures (how a box becomes a CLIP-sized sub-image; ``MODEL.CLIP.CROP_PRO
   not cropped (``valid`` False).
 The first two take all crops of a chunk of masks in one ``roi_align`` call.
 
+Region modes (``MODEL.CLIP.REGION_MODE``): ``crops`` (the papers') encodes one crop per mask; ``dense`` runs CLIP
+once per image (:func:`~zegseg.modeling.clip.dense_features.encode_dense`, MaskCLIP's dense features) and gives each
+mask the mean of the dense features under it (mask pooling; each grid cell weighted by the fraction of it the
+binarised mask covers). A mask that covers exactly one grid cell gets that cell's dense feature.
+
 Images here are in CLIP's normalised RGB space ((x / 255 - mean) / std), where the mean colour is exactly 0;
 :func:`normalize_for_clip` converts detectron2's 0-255 input images (BGR or RGB) into it.
 """
@@ -35,12 +40,14 @@ from torch.nn import functional as F
 from torchvision.ops import roi_align
 
 from . import baseline_crops  # a module reference: baseline_crops imports this module too
+from .dense_features import dense_stride, encode_dense
 
 __all__ = [
     "CLIP_PIXEL_MEAN",
     "CLIP_PIXEL_STD",
     "CROP_PROCEDURES",
     "CROP_STYLES",
+    "REGION_MODES",
     "RegionCLIPClassifier",
     "expand_boxes",
     "make_region_crops",
@@ -56,6 +63,7 @@ CLIP_PIXEL_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711
 """OpenAI CLIP's per-channel standard deviation, RGB, for images scaled to [0, 1]."""
 CROP_STYLES = ("cropmask", "mask", "crop")
 CROP_PROCEDURES = ("zegformer", "roi_align", "simple_baseline")
+REGION_MODES = ("crops", "dense")
 
 
 def normalize_for_clip(image: Tensor, input_format: str = "BGR") -> Tensor:
@@ -246,13 +254,16 @@ class RegionCLIPClassifier(nn.Module):
 
     Holds only options; the CLIP model is an argument of :meth:`encode` / :meth:`forward`, so it is owned (and
     kept out of checkpoints) by the meta-architecture. Runs without gradients, the crops of an image built and
-    encoded in chunks of ``chunk_size``, under autocast on CUDA only (``amp``).
+    encoded in chunks of ``chunk_size`` (``mode`` "crops"), or the image encoded once and its dense features pooled
+    under each mask (``mode`` "dense"), under autocast on CUDA only (``amp``).
     """
 
     @configurable
     def __init__(
         self,
         *,
+        mode: str = "crops",
+        dense_scale: float = 1.0,
         procedure: str = "zegformer",
         style: str = "cropmask",
         expand_ratio: float = 1.0,
@@ -264,7 +275,10 @@ class RegionCLIPClassifier(nn.Module):
     ):
         """
         Args:
-            procedure: crop procedure, "zegformer" | "roi_align" | "simple_baseline" (module docstring).
+            mode: "crops" (one CLIP forward per crop) or "dense" (one per image, mask pooling; module docstring).
+            dense_scale: "dense" mode: the image is resized by this factor before CLIP (its output grid has one
+                cell per ``dense_stride / dense_scale`` input pixels).
+            procedure: crop procedure, "zegformer" | "roi_align" | "simple_baseline" (module docstring; "crops").
             style: crop style, "cropmask" | "mask" | "crop".
             expand_ratio: scale of each mask's box before cropping ("roi_align", "simple_baseline").
             mask_threshold: float mask logits are binarised as ``sigmoid(logit) > mask_threshold``.
@@ -275,6 +289,10 @@ class RegionCLIPClassifier(nn.Module):
             amp: autocast the image encoder when running on CUDA.
         """
         super().__init__()
+        if mode not in REGION_MODES:
+            raise ValueError(f"unknown region mode {mode!r}; known: {', '.join(REGION_MODES)}")
+        if dense_scale <= 0:
+            raise ValueError(f"dense_scale must be positive, got {dense_scale}")
         if procedure not in CROP_PROCEDURES:
             raise ValueError(f"unknown crop procedure {procedure!r}; known: {', '.join(CROP_PROCEDURES)}")
         if style not in CROP_STYLES:
@@ -287,6 +305,8 @@ class RegionCLIPClassifier(nn.Module):
             raise ValueError(f"the simple_baseline crop procedure has the cropmask style only, got {style!r}")
         if procedure == "zegformer" and expand_ratio != 1.0:
             raise ValueError("the zegformer crop procedure does not expand boxes: use CROP_EXPAND_RATIO 1.0")
+        self.mode = mode
+        self.dense_scale = dense_scale
         self.procedure = procedure
         self.style = style
         self.expand_ratio = expand_ratio
@@ -299,6 +319,8 @@ class RegionCLIPClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         return {
+            "mode": cfg.MODEL.CLIP.REGION_MODE,
+            "dense_scale": cfg.MODEL.CLIP.DENSE_SCALE,
             "procedure": cfg.MODEL.CLIP.CROP_PROCEDURE,
             "style": cfg.MODEL.CLIP.CROP_STYLE,
             "expand_ratio": cfg.MODEL.CLIP.CROP_EXPAND_RATIO,
@@ -311,8 +333,9 @@ class RegionCLIPClassifier(nn.Module):
 
     @property
     def crops_padded_input(self) -> bool:
-        """Whether masks are given over the padded network input (the zegformer procedure crops there)."""
-        return self.procedure == "zegformer"
+        """Whether masks are given over the padded network input (the zegformer procedure crops there); then CLIP
+        sees every mask, empty ones included."""
+        return self.procedure == "zegformer" and self.mode == "crops"
 
     def scale(self, clip_model: nn.Module) -> float:
         """The multiplier of cosine similarities: ``logit_scale``, or CLIP's own when that is <= 0."""
@@ -360,11 +383,14 @@ class RegionCLIPClassifier(nn.Module):
         Returns:
             embeddings: (Q, D) float32 on CLIP's device, L2-normalised; zero rows where ``valid`` is False (CLIP
                 is not run on them).
-            valid: (Q,) bool, False for masks CLIP did not see (empty masks; never for the "zegformer" procedure).
+            valid: (Q,) bool, False for masks CLIP did not see (empty masks; never for the "zegformer" procedure
+                in "crops" mode).
         """
         device = clip_model.text_projection.device
         image = normalize_for_clip(image.to(device), self.input_format)
         masks = masks.to(device)
+        if self.mode == "dense":
+            return self._encode_dense(clip_model, image, self.binarize(masks, tuple(image.shape[-2:])))
         h, w = image.shape[-2:]
         ph, pw = masks.shape[-2:]
         if self.crops_padded_input and masks.dtype != torch.bool and ph >= h and pw >= w:
@@ -393,6 +419,27 @@ class RegionCLIPClassifier(nn.Module):
         if empty is not None and len(empty) > 1:
             out[empty[1:]] = out[empty[0]].clone()
         return out, valid
+
+    def _encode_dense(self, clip_model: nn.Module, image: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
+        """(3, H, W) CLIP-normalised image, (Q, H, W) bool masks → (Q, D) mask-pooled dense features,
+        L2-normalised (zero rows for empty masks), and (Q,) valid (the masks that are not empty)."""
+        h, w = image.shape[-2:]
+        weights = masks[None].float()
+        if self.dense_scale != 1.0:
+            size = (max(1, round(h * self.dense_scale)), max(1, round(w * self.dense_scale)))
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+            weights = F.interpolate(weights, size=size, mode="nearest-exact")  # integer scales: pixels replicated
+        stride = dense_stride(clip_model)
+        pad = (0, -image.shape[-1] % stride, 0, -image.shape[-2] % stride)
+        image, weights = F.pad(image, pad), F.pad(weights, pad)  # padding: CLIP's mean colour, outside every mask
+        grid = (image.shape[-2] // stride, image.shape[-1] // stride)
+        device = image.device
+        with torch.autocast(device_type=device.type, enabled=self.amp and device.type == "cuda"):
+            features = encode_dense(clip_model, image[None])[0].float()  # (D, gh, gw)
+        weights = F.adaptive_avg_pool2d(weights, grid)[0].flatten(1)  # (Q, gh * gw): covered fraction of each cell
+        valid = masks.flatten(1).any(dim=1)
+        pooled = weights @ features.flatten(1).T  # (Q, D), the mean up to a positive factor
+        return F.normalize(pooled, dim=-1) * valid[:, None], valid
 
     def forward(
         self, clip_model: nn.Module, image: Tensor, masks: Tensor, text_embeddings: Tensor

@@ -101,7 +101,14 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             temperature: τ of the segment classifier (logits are ``cos / τ``).
             normalize_no_object: L2-normalise the learnable "no object" embedding.
             clip_image_branch: build a :class:`RegionCLIPClassifier` from MODEL.CLIP.
+        Raises:
+            ValueError: fast mode with MODEL.CLIP.REGION_MODE dense (fast mode saves crops; dense mode has none).
         """
+        if clip_image_branch and cfg.MODEL.CLIP.REGION_MODE == "dense" and cfg.MODEL.CLIP.FAST_MODE.ENABLED:
+            raise ValueError(
+                "MODEL.CLIP.FAST_MODE sends fewer crops to CLIP, and MODEL.CLIP.REGION_MODE dense sends none (one CLIP "
+                "forward per image whatever the queries): enable one of them"
+            )
         shared = open_vocab_config(cfg)
         clip_model = shared["clip_model"]
         pixel_decoder = build_pixel_decoder(cfg, shared["backbone"].output_shape())
