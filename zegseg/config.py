@@ -16,6 +16,7 @@ def add_zegseg_config(cfg: CN) -> None:
     _add_clip_config(cfg)
     _add_mask_model_config(cfg)
     _add_meta_arch_config(cfg)
+    _add_tcl_config(cfg)
     _add_generative_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
@@ -171,6 +172,24 @@ def _add_generative_config(cfg: CN) -> None:
     cfg.MODEL.CAGNET.TRANSFER_GEN_WEIGHT = 0.0  # step 2: generator CE through the classifier (VOC 0, COCO 1)
     cfg.MODEL.CAGNET.CONTENT_SAMPLES = 128  # pixels per present class in the content MMD
     cfg.MODEL.CAGNET.MMD_SIGMAS = [2.0, 5.0, 10.0, 20.0, 40.0, 60.0]  # content MMD bandwidths (official code)
+
+
+def _add_tcl_config(cfg: CN) -> None:
+    cfg.MODEL.TCL = CN()  # TCL (text-grounded contrastive learning), trained on image–caption pairs only
+    cfg.MODEL.TCL.OUT_STRIDE = 4  # stride of the grounder's masks (CLIP's stride over a power of two)
+    cfg.MODEL.TCL.DECODER_DIM = 0  # width of the gated upsampling decoder (0: the last stage's, as the paper)
+    cfg.MODEL.TCL.INIT_W = 10.0  # initial scale w of the masks sigmoid(w * cos + b)
+    cfg.MODEL.TCL.INIT_B = -2.5  # initial bias b of the masks
+    cfg.MODEL.TCL.GUMBEL_TAU = 1.0  # temperature of the training masks' straight-through Gumbel-sigmoid
+    cfg.MODEL.TCL.TCL_WEIGHT = 0.1  # weight of the image-level and of the feature-level TCL losses
+    cfg.MODEL.TCL.AREA_WEIGHT = 0.4  # weight of each area prior (own caption's mask, other captions' masks)
+    cfg.MODEL.TCL.AREA_PRIOR = 0.4  # target mean area of an image's own-caption mask
+    cfg.MODEL.TCL.TV_WEIGHT = 1.0  # weight of each total-variation term (dense embeddings, soft masks)
+    cfg.MODEL.TCL.STAGE_FREEZE_ITERS = 0  # train only the decoder (not the copied last stage) for this many iters
+    cfg.MODEL.TCL.PAMR_ITERS = 10  # PAMR refinement iterations at inference (0: off)
+    cfg.MODEL.TCL.PAMR_DILATIONS = [1, 2, 4, 8, 12, 24]  # PAMR neighbour distances, in mask pixels
+    cfg.MODEL.TCL.KP_WEIGHT = 0.3  # weight of the frozen CLIP's (MaskCLIP) mask mixed into the inference masks
+    cfg.MODEL.TCL.BG_THRESH = 0.0  # > 0: score of the vocabulary's "background" class (TCL: 0.4 with PAMR)
 
 
 def _add_solver_config(cfg: CN) -> None:

@@ -5,13 +5,21 @@ from typing import Callable, Dict
 
 from detectron2.config import CfgNode
 
+from .image_caption import ImageCaptionDatasetMapper
 from .mask_former_semantic import MaskFormerSemanticDatasetMapper
 from .segment_crop import SegmentCropDatasetMapper
 
-__all__ = ["MAPPERS", "MaskFormerSemanticDatasetMapper", "SegmentCropDatasetMapper", "build_train_mapper"]
+__all__ = [
+    "MAPPERS",
+    "ImageCaptionDatasetMapper",
+    "MaskFormerSemanticDatasetMapper",
+    "SegmentCropDatasetMapper",
+    "build_train_mapper",
+]
 
 # INPUT.DATASET_MAPPER_NAME -> mapper class (constructed with ``cls(cfg, is_train=...)``)
 MAPPERS: Dict[str, Callable] = {
+    "image_caption": ImageCaptionDatasetMapper,  # image–caption records: zegseg.data.datasets.register_captions
     "mask_former_semantic": MaskFormerSemanticDatasetMapper,
     "segment_crop": SegmentCropDatasetMapper,  # one-segment records: zegseg.data.segment_samples
 }

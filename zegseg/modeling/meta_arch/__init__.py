@@ -5,6 +5,7 @@ from .cagnet import CaGNet
 from .maskclip import MaskCLIP
 from .pixel_level import PixelLevelZS
 from .prompt_learning import PromptLearnerCLIP
+from .tcl import TCL
 from .two_stage import TwoStageCLIP
 from .zegformer import ZegFormer
 from .zs3net import ZS3Net
@@ -16,6 +17,7 @@ __all__ = [
     "OpenVocabSegmentor",
     "PixelLevelZS",
     "PromptLearnerCLIP",
+    "TCL",
     "TwoStageCLIP",
     "ZS3Net",
     "ZegFormer",
