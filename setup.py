@@ -18,7 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["zegseg", "zegseg.*"]),
-    package_data={"zegseg": ["**/*.json", "**/*.txt", "**/*.pt", "**/*.md"]},
+    package_data={"zegseg": ["**/*.json", "**/*.txt", "**/*.pt", "**/*.pth", "**/*.md"]},
     include_package_data=True,
     install_requires=[
         # detectron2 is installed by tools/install.sh (no official PyPI release); its requirements follow.
@@ -45,5 +45,6 @@ setup(
         "black",
         "packaging",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    # "app": demo/app.py; "dev": tests (the browser test runs the app) and lint
+    extras_require={"app": ["gradio"], "dev": ["pytest", "ruff", "gradio", "playwright"]},
 )

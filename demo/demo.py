@@ -361,6 +361,7 @@ def _setup_logging() -> Tuple[logging.Handler, int]:
     root.setLevel(logging.WARNING)
     logger.setLevel(logging.INFO)
     logging.getLogger("zegseg.demo_core").setLevel(logging.INFO)  # the shared parts' info lines, as the demo's
+    logging.getLogger("zegseg.model_zoo").setLevel(logging.INFO)  # which weights a config's default names
     return handler, previous
 
 

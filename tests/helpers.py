@@ -6,6 +6,7 @@ import torch
 # A ZegFormer-family model small enough for CPU tests that run inference on real-sized images.
 TINY_INFERENCE_OPTS = [
     "MODEL.DEVICE", "cpu",
+    "MODEL.DEFAULT_WEIGHTS", "",  # untrained: the shipped toy ZegFormer does not fit the tiny model
     "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "4",
     "MODEL.TRANSFORMER_DECODER.DEC_LAYERS", "1",
     "MODEL.TRANSFORMER_DECODER.HIDDEN_DIM", "32",

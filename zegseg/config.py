@@ -21,6 +21,9 @@ def add_zegseg_config(cfg: CN) -> None:
     _add_solver_config(cfg)
     _add_test_config(cfg)
     cfg.MODEL.WEIGHTS_PARTIAL_OK = False  # load MODEL.WEIGHTS even if it lacks or mismatches parameters (warned)
+    # weights that Predictor, the demo and the web app load when MODEL.WEIGHTS is empty (a bare file name: one of
+    # zegseg/model_zoo/); training and train_net.py --eval-only never read it
+    cfg.MODEL.DEFAULT_WEIGHTS = ""
     cfg.ZEGSEG_VERSION = 1  # version of this config schema; bumped when keys change meaning
     object.__setattr__(cfg, "_zegseg_keys_added", True)
 

@@ -5,7 +5,7 @@ Example::
     from zegseg import Predictor
     from zegseg.engine.setup_config import load_config
 
-    cfg = load_config("configs/toy/zegformer.yaml", ["MODEL.WEIGHTS", "output/toy_zegformer/model_final.pth"])
+    cfg = load_config("configs/toy/zegformer.yaml")  # no MODEL.WEIGHTS: the shipped toy ZegFormer
     predictor = Predictor(cfg).set_vocabulary(["sky", "grass", "red circle", "tv, monitor"])
     result = predictor(cv2.imread("photo.jpg"))          # BGR, as OpenCV reads it
     result.labels        # (H, W) int32 indices into result.vocabulary; -1 where unknown
@@ -29,6 +29,8 @@ from torch.nn import functional as F
 
 from .checkpoint import ZegsegCheckpointer
 from .engine.setup_config import load_config, resolve_device
+from .model_zoo import inference_weights
+from .modeling.mask_classification import QuerySelector
 from .modeling.meta_arch.base import OpenVocabSegmentor
 from .modeling.vocabulary import Names, check_vocabulary
 
@@ -138,11 +140,12 @@ class Predictor:
     """Build a zegseg model from a config, load its weights, and segment numpy images.
 
     Like detectron2's ``DefaultPredictor``: the model is built from ``cfg`` in eval mode on ``cfg.MODEL.DEVICE``
-    (CPU when no GPU is present), ``cfg.MODEL.WEIGHTS`` is loaded, images are resized with ``ResizeShortestEdge``
-    (``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``) and results come back at the original size. Mixed
-    precision on GPU follows the model's own ``TEST.AMP`` setting. Unlike it, the vocabulary can be changed at any
-    time (:meth:`set_vocabulary`), several images go through one forward pass (:meth:`predict_batch`), and the
-    result is a label map with confidences instead of raw scores.
+    (CPU when no GPU is present), ``cfg.MODEL.WEIGHTS`` is loaded (when empty, ``cfg.MODEL.DEFAULT_WEIGHTS``: the
+    toy ZegFormer config names the model shipped in ``zegseg/model_zoo/``), images are resized with
+    ``ResizeShortestEdge`` (``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``) and results come back at the
+    original size. Mixed precision on GPU follows the model's own ``TEST.AMP`` setting. Unlike it, the vocabulary
+    can be changed at any time (:meth:`set_vocabulary`), several images go through one forward pass
+    (:meth:`predict_batch`), and the result is a label map with confidences instead of raw scores.
 
     The model must subclass :class:`~zegseg.modeling.meta_arch.base.OpenVocabSegmentor` and follow detectron2's
     eval-mode I/O (``[{"sem_seg": (K, H, W)}]``).
@@ -167,7 +170,8 @@ class Predictor:
                 ``None`` → all of them (the right choice for names of your own).
             confidence_threshold: pixels whose winning score is below this are labelled unknown (-1).
         Raises:
-            FileNotFoundError: ``MODEL.WEIGHTS`` names a file that does not exist (or CLIP weights are missing:
+            FileNotFoundError: ``MODEL.WEIGHTS`` (or ``MODEL.DEFAULT_WEIGHTS``) names a file that does not exist
+                (or CLIP weights are missing:
                 :class:`~zegseg.modeling.clip.loader.ClipWeightsNotFoundError`).
             VocabularyError: a bad vocabulary (a ``ValueError``; see
                 :func:`~zegseg.modeling.vocabulary.check_vocabulary`).
@@ -189,7 +193,7 @@ class Predictor:
         cfg.freeze()
         if cfg.INPUT.FORMAT not in IMAGE_FORMATS:
             raise ValueError(f"unknown INPUT.FORMAT {cfg.INPUT.FORMAT!r}; known: {', '.join(IMAGE_FORMATS)}")
-        weights = cfg.MODEL.WEIGHTS
+        weights = inference_weights(cfg)  # MODEL.WEIGHTS, else the config's shipped MODEL.DEFAULT_WEIGHTS
         if weights and "://" not in weights and not Path(weights).expanduser().is_file():
             raise FileNotFoundError(f"model weights not found: {weights} (MODEL.WEIGHTS)")
 
@@ -206,6 +210,10 @@ class Predictor:
             ZegsegCheckpointer(self.model, partial_ok=cfg.MODEL.WEIGHTS_PARTIAL_OK).load(path)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the model is untrained and its predictions are meaningless")
+        # fast mode's selector, built from MODEL.CLIP.FAST_MODE even when the config starts in exact mode, so that
+        # set_fast_mode can switch without rebuilding; None: the model sends no region crops to CLIP
+        has_crops = getattr(self.model, "region_classifier", None) is not None
+        self._fast_selector = QuerySelector(cfg) if has_crops and hasattr(self.model, "query_selector") else None
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format: str = cfg.INPUT.FORMAT
         self.confidence_threshold = float(confidence_threshold)
@@ -238,6 +246,30 @@ class Predictor:
                 that are equal ignoring case and spacing, or unseen names outside the vocabulary.
         """
         self.model.set_vocabulary(class_names, unseen_classes=unseen_classes)
+        return self
+
+    @property
+    def supports_fast_mode(self) -> bool:
+        """Whether the model has a fast mode (a mask-classification model that sends region crops to CLIP)."""
+        return self._fast_selector is not None
+
+    @property
+    def fast_mode(self) -> bool:
+        """Whether fast mode (``MODEL.CLIP.FAST_MODE``: fewer region crops go to CLIP) is on."""
+        return self.supports_fast_mode and self.model.query_selector is not None
+
+    def set_fast_mode(self, enabled: bool) -> Predictor:
+        """Switch fast mode on or off (its cut-offs are the config's ``MODEL.CLIP.FAST_MODE`` values); the model
+        is not rebuilt.
+
+        Raises:
+            ValueError: turning it on for a model without fast mode (see :attr:`supports_fast_mode`).
+        """
+        if not self.supports_fast_mode:
+            if enabled:
+                raise ValueError(f"{type(self.model).__name__} has no fast mode (it sends no region crops to CLIP)")
+            return self
+        self.model.query_selector = self._fast_selector if enabled else None
         return self
 
     def __call__(self, image: np.ndarray, image_format: str = "BGR") -> SegmentationResult:
