@@ -79,6 +79,9 @@ def _add_mask_model_config(cfg: CN) -> None:
     cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"  # DeepLab backbone's stem: deeplab (three 3x3 convs) | basic (one 7x7)
     cfg.MODEL.RESNETS.RES4_DILATION = 1  # DeepLab backbone: dilation of res4 (1 or 2)
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]  # DeepLab backbone: res5's per-block dilations, times RES5_DILATION
+    # MODEL.BACKBONE.NAME "build_clip_resnet_backbone" (zegseg/modeling/clip/backbone.py): the CLIP (name or path)
+    # whose ResNet image tower initialises the backbone; independent of MODEL.CLIP.NAME, the frozen classifier.
+    cfg.MODEL.BACKBONE.CLIP_WEIGHTS = "ToyCLIP"
 
     cfg.MODEL.PIXEL_DECODER = CN()
     cfg.MODEL.PIXEL_DECODER.NAME = "FPNPixelDecoder"  # a name in zegseg.modeling.pixel_decoder.PIXEL_DECODER_REGISTRY

@@ -1,4 +1,5 @@
 """CLIP for zegseg: local-only loading, prompt templates, cached text embeddings, region crops, learned prompts."""
+from .backbone import ClipResNetBackbone, build_clip_resnet_backbone
 from .loader import (
     BUILTIN_CLIP_MODELS,
     ClipWeightsNotFoundError,
@@ -10,7 +11,9 @@ from .loader import (
 
 __all__ = [
     "BUILTIN_CLIP_MODELS",
+    "ClipResNetBackbone",
     "ClipWeightsNotFoundError",
+    "build_clip_resnet_backbone",
     "checkpoint_fingerprint",
     "default_clip_dir",
     "load_clip",
