@@ -93,7 +93,7 @@ def speed(runs, config_file: str, weights: str, size: int, images: int, warmup: 
         s = total / images
         body.append([name, s, r["network_s"], r["clip_s"], s - r["network_s"] - r["clip_s"], f"{r['crops']:.1f}",
                      f"{seconds[0] / total:.2f}x", f"{s / (r['network_s'] + goal_clip):.2f}x"])
-    return (f"one dense CLIP forward of a {size} x {size} image alone: {goal_clip:.2f} s\n\n"
+    return (f"one dense CLIP forward of a {size} x {size} image alone: {goal_clip:.3g} s\n\n"
             + markdown_table(header, body))
 
 

@@ -102,3 +102,15 @@ def test_maskclip_needs_no_weights_but_refuses_training(maskclip_cfg, tiny_clip_
     args.eval_only = False
     with pytest.raises(SystemExit, match="MaskCLIP is training-free: evaluate it with --eval-only"):
         preflight(args)
+
+
+def test_coco_stuff_config_pins_the_official_inference():
+    from zegseg.modeling.clip.prompts import get_templates
+
+    cfg = load_config("configs/coco_stuff/maskclip_vit16.yaml")
+    assert cfg.MODEL.META_ARCHITECTURE == "MaskCLIP" and cfg.MODEL.WEIGHTS == "" and cfg.DATASETS.TRAIN == ()
+    assert cfg.MODEL.CLIP.NAME == "ViT-B/16" and cfg.MODEL.CLIP.TEMPLATES == "maskclip85"
+    templates = get_templates("maskclip85")
+    assert len(set(templates)) == 85 and templates[-1] == "this is one {} in the scene."
+    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.MODEL.MASKCLIP.KEY_SMOOTHING_THRESH) == (512, 0.0)
+    assert cfg.MODEL.MASKCLIP.PROMPT_DENOISING_THRESH == 0.0
