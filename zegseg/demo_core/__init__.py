@@ -6,6 +6,7 @@ from .outputs import (
     LABELS_SUFFIX,
     OVERLAY_SUFFIX,
     VIDEO_SUFFIX,
+    area_rows,
     image_report,
     remove_files,
     render_result,
@@ -14,19 +15,24 @@ from .outputs import (
     write_json,
     write_png,
 )
+from .vocabularies import VOCABULARY_PRESETS, preset_vocabulary, vocabulary_text
 
 __all__ = [
     "Inputs",
     "LABELS_SUFFIX",
     "OVERLAY_SUFFIX",
     "VIDEO_SUFFIX",
+    "VOCABULARY_PRESETS",
     "VocabularyFileError",
+    "area_rows",
     "collect_inputs",
     "image_report",
+    "preset_vocabulary",
     "read_vocabulary_file",
     "remove_files",
     "render_result",
     "result_is_complete",
+    "vocabulary_text",
     "write_image_outputs",
     "write_json",
     "write_png",

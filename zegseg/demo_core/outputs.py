@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -16,6 +16,7 @@ __all__ = [
     "LABELS_SUFFIX",
     "OVERLAY_SUFFIX",
     "VIDEO_SUFFIX",
+    "area_rows",
     "image_report",
     "remove_files",
     "render_result",
@@ -71,6 +72,17 @@ def render_result(
     fractions = np.array(list(result.fractions.values()))
     entries = legend_entries(result.vocabulary, result.present_classes(), fractions, palette, result.unknown_fraction)
     return add_legend(overlay_labels(image_rgb, result.labels, palette, alpha), entries, **legend)
+
+
+def area_rows(result: SegmentationResult) -> List[Tuple[str, float, int]]:
+    """(class, percentage of the image, pixels) of each class present, most frequent first, then ("unknown", ...)
+    when some pixels are unknown."""
+    size = int(result.labels.size)
+    fractions = list(result.fractions.values())
+    present = [(result.vocabulary[k], fractions[k]) for k in result.present_classes()]
+    if result.unknown_fraction > 0:
+        present.append(("unknown", result.unknown_fraction))
+    return [(name, round(100 * f, 2), int(round(f * size))) for name, f in present]
 
 
 def image_report(
