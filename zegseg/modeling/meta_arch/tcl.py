@@ -68,11 +68,11 @@ class TCL(OpenVocabSegmentor):
             kp_weight: weight of the frozen CLIP's mask in the inference masks (0: off).
             bg_thresh: > 0: the score of the vocabulary's "background" class (the vocabulary must have one).
             stage_freeze_iters: training iterations during which the copied last stage gets no gradient.
-            kwargs: see :class:`OpenVocabSegmentor` (``backbone`` unused: the frozen CLIP is the backbone).
+            kwargs: see :class:`OpenVocabSegmentor` (no backbone: the frozen CLIP is the image encoder).
         """
         if not 0.0 <= kp_weight <= 1.0:
             raise ValueError(f"MODEL.TCL.KP_WEIGHT must be in [0, 1], got {kp_weight}")
-        self.bg_thresh = bg_thresh
+        self.bg_thresh = bg_thresh  # before the base constructor, whose set_vocabulary reads it
         super().__init__(**kwargs)
         self.grounder = grounder
         self.criterion = criterion
