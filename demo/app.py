@@ -16,6 +16,7 @@ import argparse
 import html
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -54,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/toy/zegformer.yaml"
 EXAMPLE_SCENES = (3, 11, 24)  # toy validation scenes shown as examples (seed 0, 160 px)
 MAX_MODELS = 2  # models kept loaded, most recently used first
+KEEP_REQUESTS = 16  # the output folders of this many recent requests are kept (older ones are deleted)
 DISPLAY_MIN_SIZE = 480  # small images are shown enlarged (nearest neighbour) to at least this many pixels
 
 
@@ -87,6 +89,8 @@ class ModelCache:
             raise UserError(str(e)) from None
         except (ConfigError, CheckpointError, ClipWeightsNotFoundError) as e:
             raise UserError(str(e)) from None
+        except (ValueError, TypeError) as e:  # e.g. a config whose model is not an open-vocabulary segmentor
+            raise UserError(f"cannot build the model of {config_file}: {e}") from None
         self._models[key] = predictor
         self.builds += 1
         while len(self._models) > self.size:
@@ -220,6 +224,15 @@ def write_examples(folder: Path, indices: Sequence[int] = EXAMPLE_SCENES) -> Lis
     return paths
 
 
+def new_request_folder(work_dir: Path, keep: int = KEEP_REQUESTS) -> Path:
+    """A fresh folder for one request's files; the oldest beyond ``keep`` are deleted, so that a long-running app
+    does not fill the disk (Gradio serves its own copies of the files it showed)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"request_{time.time_ns()}_", dir=work_dir))
+    for old in sorted(work_dir.glob("request_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def config_choices(default: str) -> List[str]:
     """The repository's model configs (not the Base-* ones), the default first."""
     found = sorted(
@@ -235,7 +248,7 @@ def build_app(config_file: str, weights: str, work_dir: Path) -> gr.Blocks:
     toy_text = vocabulary_text(preset_vocabulary("toy world"))
 
     def run(image_path, vocabulary, config, weights_file, fast, alpha, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        out_dir = Path(tempfile.mkdtemp(prefix="request_", dir=work_dir))
+        out_dir = new_request_folder(work_dir)
         try:
             overlay, legend, rows, files, status = segment(
                 cache, image_path, vocabulary, config, weights_file, fast, alpha, out_dir,
@@ -336,8 +349,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             allowed_paths=[str(work_dir)],
             css=CSS,
         )
-    except OSError as e:  # the port is taken
-        print(f"error: cannot start the app on {args.host}:{args.port}: {e}", file=sys.stderr)
+    except OSError as e:  # the port is taken, or the host is not an address of this machine
+        reason = "the port is taken (choose another with --port)" if "empty port" in str(e) else str(e)
+        print(f"error: cannot start the app on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 2
     print(f"zegseg app running at {app.local_url}" + (f" and {app.share_url}" if app.share_url else ""), flush=True)
     print("Press Ctrl-C to stop.", flush=True)

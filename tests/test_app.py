@@ -110,3 +110,8 @@ def test_predictor_fast_mode_switch():
     assert not plain.supports_fast_mode and not plain.set_fast_mode(False).fast_mode
     with pytest.raises(ValueError, match="no fast mode"):
         plain.set_fast_mode(True)
+
+
+def test_request_folders_are_pruned(app, tmp_path):
+    folders = [app.new_request_folder(tmp_path, keep=2) for _ in range(4)]
+    assert sorted(tmp_path.iterdir()) == folders[-2:]
