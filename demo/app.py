@@ -17,6 +17,7 @@ import html
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -332,36 +333,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     logging.getLogger("zegseg.model_zoo").setLevel(logging.INFO)
     work_dir = Path(tempfile.mkdtemp(prefix="zegseg_app_"))
-    app = build_app(args.config_file, args.weights, work_dir)
     try:
-        app.queue(default_concurrency_limit=1).launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=args.share == "true",
-            prevent_thread_lock=True,
-            quiet=True,
-            allowed_paths=[str(work_dir)],
-            css=CSS,
-        )
-    except OSError as e:  # the port is taken, or the host is not an address of this machine
-        reason = "the port is taken (choose another with --port)" if "empty port" in str(e) else str(e)
-        print(f"error: cannot start the app on {args.host}:{args.port}: {reason}", file=sys.stderr)
-        return 2
-    print(f"zegseg app running at {app.local_url}" + (f" and {app.share_url}" if app.share_url else ""), flush=True)
-    print("Press Ctrl-C to stop.", flush=True)
-    try:
-        app.block_thread()
-    except KeyboardInterrupt:
-        pass
+        app = build_app(args.config_file, args.weights, work_dir)
+        try:
+            app.queue(default_concurrency_limit=1).launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share == "true",
+                prevent_thread_lock=True,
+                quiet=True,
+                allowed_paths=[str(work_dir)],
+                css=CSS,
+            )
+        except OSError as e:  # the port is taken, or the host is not an address of this machine
+            reason = "the port is taken (choose another with --port)" if "empty port" in str(e) else str(e)
+            print(f"error: cannot start the app on {args.host}:{args.port}: {reason}", file=sys.stderr)
+            return 2
+        share = f" and {app.share_url}" if app.share_url else ""
+        print(f"zegseg app running at {app.local_url}{share}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # a kill stops it as Ctrl-C does, cleaning up
+        try:
+            app.block_thread()  # returns on Ctrl-C
+        finally:
+            app.close()
+        return 0
     finally:
-        app.close()
-    return 0
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
