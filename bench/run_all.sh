@@ -43,8 +43,12 @@ for arch in zegformer two_stage; do
       --variant c0.3_area $FAST.MIN_CONTRIBUTION 0.3 $FAST.MIN_MASK_AREA 0.002 \
       --variant c0.3_dup90 $FAST.MIN_CONTRIBUTION 0.3 $FAST.DUPLICATE_IOU 0.9 \
       --variant c0.3_cap8 $FAST.MIN_CONTRIBUTION 0.3 $FAST.MAX_QUERIES 8
+    run single_pass_${arch}_toy python bench/bench_single_pass.py --config-file configs/toy/$arch.yaml \
+      --weights "$weights" --threads 1 --warmup 2 --variant dense MODEL.CLIP.REGION_MODE dense
   fi
 done
+run single_pass_zegformer_ref python bench/bench_single_pass.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
+  --images 3 --warmup 1 --variant dense MODEL.CLIP.REGION_MODE dense
 for cfg in zegformer two_stage pixel_level; do
   run training_${cfg}_toy python bench/bench_training.py --config-file configs/toy/$cfg.yaml --size 160 --iters 10
 done

@@ -67,3 +67,17 @@ def test_dense_mode_refuses_fast_mode(tiny_clip_path):
         ZegsegTrainer.build_model(cfg)
     with pytest.raises(ValueError, match="unknown region mode"):
         RegionCLIPClassifier(mode="pooled")
+
+
+def test_single_pass_bench_times_both_modes_interleaved():
+    from .test_bench import run_bench, tables
+
+    out = run_bench(
+        "bench_single_pass.py", "--config-file", "configs/toy/zegformer.yaml", "--size", "64", "--images", "2",
+        "--variant", "dense", "MODEL.CLIP.REGION_MODE", "dense", "--opts", "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8",
+    )
+    (rows,) = tables(out)
+    by_name = {r["mode"]: r for r in rows}
+    assert list(by_name) == ["crops", "dense"] and by_name["crops"]["speed-up vs first"] == "1.00x"
+    assert all(float(r["masks scored by CLIP / image"]) <= 8 for r in rows)
+    assert "one dense CLIP forward of a 64 x 64 image alone" in out
