@@ -92,8 +92,8 @@ class GenerativeSegmentor(OpenVocabSegmentor):
     ):
         """
         Args:
-            head: backbone features → (B, D, H / s, W / s) pixel features (e.g.
-                :func:`~zegseg.modeling.generative.head.build_deeplab_feature_head`).
+            head: backbone features → (B, D, H / s, W / s) pixel features, with the stride s as its
+                ``common_stride`` attribute (e.g. :func:`~zegseg.modeling.generative.head.build_deeplab_feature_head`).
             class_embeddings: (K, E) semantic embeddings of ``generation_class_names``.
             generation_class_names: the K classes of the classifier: ``train_class_names`` then the unseen ones.
             ignore_value: label of pixels without a seen class (unseen classes, unlabelled, padding).
