@@ -7,6 +7,10 @@ import torch
 TINY_INFERENCE_OPTS = [
     "MODEL.DEVICE", "cpu",
     "MODEL.DEFAULT_WEIGHTS", "",  # untrained: the shipped toy ZegFormer does not fit the tiny model
+    # the from-scratch quarter-width ResNet these random-weight tests were written for (the toy ZegFormer itself
+    # starts from ToyCLIP's image tower)
+    "MODEL.BACKBONE.NAME", "build_resnet_backbone",
+    "MODEL.RESNETS.NORM", "BN",
     "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "4",
     "MODEL.TRANSFORMER_DECODER.DEC_LAYERS", "1",
     "MODEL.TRANSFORMER_DECODER.HIDDEN_DIM", "32",

@@ -57,6 +57,7 @@ def test_inference_variants_share_weights_and_inputs():
         "--variant", "fast_off", "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.0",
         *[arg for name in ("fast_a", "fast_b") for arg in (
             "--variant", name, "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.4")],
+        "--opts", "MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.RESNETS.NORM", "BN",  # as it was set for
     )
     (rows,) = tables(out)
     by_name = {r["variant"]: r for r in rows}

@@ -134,7 +134,8 @@ def test_train_net_prints_one_line_and_no_traceback(tmp_path, tiny_clip_path, op
     opts = [o.format(clip=tiny_clip_path) for o in opts]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(TOY), "--eval-only",
-         "MODEL.CLIP.NAME", str(tiny_clip_path), "OUTPUT_DIR", str(tmp_path / "out"), *opts],
+         "MODEL.CLIP.NAME", str(tiny_clip_path), "OUTPUT_DIR", str(tmp_path / "out"),
+         "MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.RESNETS.NORM", "BN", *opts],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 1

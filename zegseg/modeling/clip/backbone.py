@@ -9,6 +9,7 @@ MODEL.BACKBONE.CLIP_WEIGHTS.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Dict, List, Sequence
 
 import torch
@@ -72,10 +73,8 @@ class ClipResNetBackbone(Backbone):
         self.register_buffer("in_scale", (std / clip_std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("in_shift", ((mean - clip_mean) / clip_std).view(1, 3, 1, 1), persistent=False)
 
-        self.stem = nn.Sequential(
-            tower.conv1, tower.bn1, tower.relu1, tower.conv2, tower.bn2, tower.relu2,
-            tower.conv3, tower.bn3, tower.relu3, tower.avgpool,
-        )  # fmt: skip
+        stem = ("conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3", "relu3", "avgpool")
+        self.stem = nn.Sequential(OrderedDict((name, getattr(tower, name)) for name in stem))
         last = max(_STAGES.index(f) for f in out_features)
         self.stage_names: List[str] = list(_STAGES[: last + 1])
         layers = [tower.layer1, tower.layer2, tower.layer3, tower.layer4]
