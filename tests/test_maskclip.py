@@ -1,6 +1,7 @@
 """MaskCLIP: the dense classifier and its refinements on hand-built inputs; the training-free model end to end."""
 import argparse
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -114,3 +115,12 @@ def test_coco_stuff_config_pins_the_official_inference():
     assert len(set(templates)) == 85 and templates[-1] == "this is one {} in the scene."
     assert (cfg.INPUT.MIN_SIZE_TEST, cfg.MODEL.MASKCLIP.KEY_SMOOTHING_THRESH) == (512, 0.0)
     assert cfg.MODEL.MASKCLIP.PROMPT_DENOISING_THRESH == 0.0
+
+
+def test_predictor_runs_maskclip_without_weights_and_without_the_untrained_warning(maskclip_cfg, caplog):
+    from zegseg import Predictor
+
+    with caplog.at_level("WARNING", logger="zegseg.predictor"):
+        predictor = Predictor(maskclip_cfg, vocabulary=["a", "b"])
+    assert "untrained" not in caplog.text
+    assert predictor(np.zeros((20, 24, 3), dtype=np.uint8)).labels.shape == (20, 24)

@@ -208,7 +208,7 @@ class Predictor:
         if weights:
             path = str(Path(weights).expanduser()) if "://" not in weights else weights
             ZegsegCheckpointer(self.model, partial_ok=cfg.MODEL.WEIGHTS_PARTIAL_OK).load(path)
-        else:
+        elif getattr(self.model, "needs_trained_weights", True):  # training-free models (MaskCLIP) need none
             logger.warning("MODEL.WEIGHTS is empty: the model is untrained and its predictions are meaningless")
         # fast mode's selector, built from MODEL.CLIP.FAST_MODE even when the config starts in exact mode, so that
         # set_fast_mode can switch without rebuilding; None: the model sends no region crops to CLIP
