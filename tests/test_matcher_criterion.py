@@ -291,3 +291,62 @@ def test_criterion_rejects_mixed_target_sizes():
     targets = [_target([0], _random_masks(1, 8, 8, gen)), _target([1], _random_masks(1, 8, 12, gen))]
     with pytest.raises(ValueError, match="share one"):
         _criterion()(outputs, targets)
+
+
+# -------------------------------------------------------------------------------------- ignore_unlabeled option
+def _labeled_target(labels, masks):
+    target = _target(labels, masks)
+    target["labeled"] = target["masks"].any(0)
+    return target
+
+
+def test_criterion_ignore_unlabeled_equals_losses_on_labelled_pixels_by_hand():
+    # Two targets cover the left 5 columns of an 8 x 8 image; the other pixels are unlabeled (an unseen class).
+    gen = torch.Generator().manual_seed(5)
+    tgt = torch.zeros(2, 8, 8, dtype=torch.bool)
+    tgt[0, :4, :5] = True
+    tgt[1, 4:, :5] = True
+    labeled = tgt.any(0)
+    masks = torch.randn(1, 2, 8, 8, generator=gen)
+    logits = torch.tensor([[[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]])
+    matcher = HungarianMatcher(cost_class=100.0, ignore_unlabeled=True)
+    criterion = _criterion(mask_weight=2.0, dice_weight=0.5, matcher=matcher, ignore_unlabeled=True)
+    losses = criterion({"pred_logits": logits, "pred_masks": masks}, [_labeled_target([0, 1], tgt)])
+    src = masks[0][:, labeled]  # (2, 40): the labelled pixels only
+    ref = tgt[:, labeled].float()
+    focal = sigmoid_focal_loss(src, ref, alpha=0.25, gamma=2.0, reduction="none").mean(1).sum()
+    dice = dice_loss(src, ref).sum()
+    assert torch.isclose(losses["loss_mask"], 2.0 * focal / 2, atol=1e-6)
+    assert torch.isclose(losses["loss_dice"], 0.5 * dice / 2, atol=1e-6)
+
+
+def test_criterion_ignore_unlabeled_does_not_punish_masks_on_unlabeled_pixels():
+    tgt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    tgt[0, :, :4] = True  # right half unlabeled
+    inside = (tgt.float() * 20 - 10)[None]  # the mask stops at the labelled region
+    spills = torch.full((1, 1, 8, 8), 10.0)  # the mask also covers the unlabeled half
+    logits = torch.zeros(1, 1, 3)
+
+    def losses(ignore, pred):
+        criterion = _criterion(matcher=HungarianMatcher(ignore_unlabeled=ignore), ignore_unlabeled=ignore)
+        out = criterion({"pred_logits": logits, "pred_masks": pred}, [_labeled_target([0], tgt)])
+        return out["loss_mask"] + out["loss_dice"]
+
+    assert torch.isclose(losses(True, inside), losses(True, spills), atol=1e-6)
+    assert losses(False, spills) > losses(False, inside) + 0.5  # MaskFormer: unlabeled pixels are background
+
+
+def test_matcher_ignore_unlabeled_costs_equal_costs_on_labelled_pixels():
+    gen = torch.Generator().manual_seed(2)
+    tgt = _random_masks(3, 6, 6, gen)
+    tgt[:, :, 4:] = False  # two unlabeled columns
+    labeled = tgt.any(0)
+    masks = torch.randn(4, 6, 6, generator=gen)
+    logits = torch.randn(4, 4, generator=gen)
+    labels = torch.tensor([0, 2, 1])
+    matcher = HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0, ignore_unlabeled=True)
+    cost = matcher.cost_matrix(logits, masks, labels, tgt, labeled)
+    flat = HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0)
+    expected = flat.cost_matrix(logits, masks[:, labeled][:, None], labels, tgt[:, labeled][:, None])
+    assert torch.allclose(cost, expected, atol=1e-6)
+    assert not torch.allclose(cost, flat.cost_matrix(logits, masks, labels, tgt), atol=1e-3)

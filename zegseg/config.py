@@ -109,6 +109,9 @@ def _add_mask_model_config(cfg: CN) -> None:
     cfg.MODEL.CRITERION.DICE_WEIGHT = 1.0  # weight of the dice loss and matching cost
     cfg.MODEL.CRITERION.FOCAL_ALPHA = 0.25  # alpha of the sigmoid focal loss
     cfg.MODEL.CRITERION.FOCAL_GAMMA = 2.0  # gamma of the sigmoid focal loss
+    # zegseg option: mask losses and mask matching costs only on labelled pixels (ignored / unseen-class pixels and
+    # padding are background of no mask); False = MaskFormer / the official code (background of every mask)
+    cfg.MODEL.CRITERION.IGNORE_UNLABELED = False
 
 
 def _add_meta_arch_config(cfg: CN) -> None:

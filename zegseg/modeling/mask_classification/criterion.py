@@ -1,7 +1,7 @@
 """Set criterion of mask classification: Hungarian matching, then class CE + sigmoid focal + dice on matched masks."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -16,16 +16,19 @@ from .matcher import HungarianMatcher
 __all__ = ["SetCriterion", "dice_loss"]
 
 
-def dice_loss(inputs: Tensor, targets: Tensor) -> Tensor:
+def dice_loss(inputs: Tensor, targets: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     """Per-mask dice loss with +1 smoothing.
 
     Args:
         inputs: (M, P) mask logits.
         targets: (M, P) binary masks (float).
+        weights: optional (M, P) pixel weights (0/1: the pixels that count); all pixels count without it.
     Returns:
-        (M,) losses ``1 - (2 |p ∩ t| + 1) / (|p| + |t| + 1)`` with ``p = sigmoid(inputs)``.
+        (M,) losses ``1 - (2 |p ∩ t| + 1) / (|p| + |t| + 1)`` with ``p = sigmoid(inputs)`` (times ``weights``).
     """
     prob = inputs.sigmoid()
+    if weights is not None:
+        prob = prob * weights
     numerator = 2 * (prob * targets).sum(-1)
     denominator = prob.sum(-1) + targets.sum(-1)
     return 1 - (numerator + 1) / (denominator + 1)
@@ -44,7 +47,11 @@ class SetCriterion(nn.Module):
     - ``loss_dice``: dice loss of the matched masks, summed over masks;
 
     mask losses are divided by the number of target masks in the whole (distributed) batch. Predicted masks are
-    upsampled (bilinear) to the target masks' size. Every returned loss is already multiplied by its weight:
+    upsampled (bilinear) to the target masks' size. With ``ignore_unlabeled`` the mask losses (and the matcher's
+    mask costs) see only the pixels inside some target mask of their image: pixels of ignored labels (unseen
+    classes in zero-shot training) and padding are neither foreground nor background for any query. MaskFormer
+    (the default) counts them as background of every mask, which teaches the queries to avoid unseen regions.
+    Every returned loss is already multiplied by its weight:
     the total loss is the plain sum of the returned values.
     """
 
@@ -61,6 +68,7 @@ class SetCriterion(nn.Module):
         focal_gamma: float = 2.0,
         deep_supervision: bool = True,
         class_loss: bool = True,
+        ignore_unlabeled: bool = False,
     ):
         """
         Args:
@@ -73,6 +81,8 @@ class SetCriterion(nn.Module):
             deep_supervision: also compute the losses of ``outputs["aux_outputs"]`` (ignored otherwise).
             class_loss: compute ``loss_ce``; ``False`` for class-agnostic proposal generators (``pred_logits``
                 is then not needed, provided the matcher has ``cost_class=0``).
+            ignore_unlabeled: mask losses on labelled pixels only (targets need ``"labeled"``); the matcher should
+                be built with the same setting.
         """
         super().__init__()
         self.matcher = matcher
@@ -84,6 +94,7 @@ class SetCriterion(nn.Module):
         self.focal_gamma = focal_gamma
         self.deep_supervision = deep_supervision
         self.class_loss = class_loss
+        self.ignore_unlabeled = ignore_unlabeled
 
     @classmethod
     def from_config(cls, cfg: CfgNode, class_loss: bool = True):
@@ -100,6 +111,7 @@ class SetCriterion(nn.Module):
             "focal_gamma": crit.FOCAL_GAMMA,
             "deep_supervision": crit.DEEP_SUPERVISION,
             "class_loss": class_loss,
+            "ignore_unlabeled": crit.IGNORE_UNLABELED,
         }
 
     def forward(self, outputs: Dict[str, object], targets: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
@@ -110,7 +122,8 @@ class SetCriterion(nn.Module):
                 "pred_masks": (B, Q, h, w) mask logits;
                 "aux_outputs" (optional): a list of L - 1 dicts with the same two keys, one per earlier decoder layer.
             targets: B dicts with "labels": (G,) long in [0, K) and "masks": (G, H, W) binary (bool or float);
-                G may be 0; all images share (H, W) (masks padded to the padded batch size, like the images).
+                G may be 0; all images share (H, W) (masks padded to the padded batch size, like the images);
+                with ``ignore_unlabeled`` also "labeled": (H, W) bool, the pixels the mask losses see.
         Returns:
             Weighted scalar losses: "loss_ce" (with class loss), "loss_mask", "loss_dice", and the same keys with
             suffix ``_0`` .. ``_{L-2}`` for the auxiliary outputs (with deep supervision).
@@ -195,6 +208,9 @@ class SetCriterion(nn.Module):
         src = src.flatten(1)
         tgt = tgt.flatten(1)
         focal = sigmoid_focal_loss(src, tgt, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none")
-        loss_mask = focal.mean(1).sum() / num_masks
-        loss_dice = dice_loss(src, tgt).sum() / num_masks
+        if not self.ignore_unlabeled:
+            return focal.mean(1).sum() / num_masks, dice_loss(src, tgt).sum() / num_masks
+        labeled = torch.stack([t["labeled"] for t in targets]).to(src.device).flatten(1)[batch_idx].to(src.dtype)
+        loss_mask = ((focal * labeled).sum(1) / labeled.sum(1).clamp(min=1.0)).sum() / num_masks
+        loss_dice = dice_loss(src, tgt, labeled).sum() / num_masks
         return loss_mask, loss_dice

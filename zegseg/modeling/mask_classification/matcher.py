@@ -1,7 +1,7 @@
 """Hungarian matching of predicted segments (class logits + mask logits) to ground-truth segments."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -58,6 +58,7 @@ class HungarianMatcher(nn.Module):
     :func:`pairwise_sigmoid_focal_cost` / :func:`pairwise_dice_cost` of the query's mask logits against the
     target mask. Target masks are resized (nearest) to the prediction's resolution for matching; predictions
     are not upsampled. Queries left unassigned are "no object". With Q >= G every target gets a query.
+    With ``ignore_unlabeled`` the mask costs are computed on labelled pixels only (a target's ``"labeled"`` map).
     """
 
     @configurable
@@ -69,6 +70,7 @@ class HungarianMatcher(nn.Module):
         cost_dice: float = 1.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        ignore_unlabeled: bool = False,
     ):
         """
         Args:
@@ -76,6 +78,8 @@ class HungarianMatcher(nn.Module):
             cost_mask: weight of the sigmoid focal cost.
             cost_dice: weight of the dice cost.
             focal_alpha, focal_gamma: parameters of the focal cost.
+            ignore_unlabeled: leave pixels outside every target mask (ignored labels, e.g. unseen classes during
+                zero-shot training, and padding) out of the mask costs; MaskFormer counts them as background.
         """
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
@@ -85,6 +89,7 @@ class HungarianMatcher(nn.Module):
         self.cost_dice = cost_dice
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.ignore_unlabeled = ignore_unlabeled
 
     @classmethod
     def from_config(cls, cfg: CfgNode):
@@ -95,10 +100,18 @@ class HungarianMatcher(nn.Module):
             "cost_dice": crit.DICE_WEIGHT,
             "focal_alpha": crit.FOCAL_ALPHA,
             "focal_gamma": crit.FOCAL_GAMMA,
+            "ignore_unlabeled": crit.IGNORE_UNLABELED,
         }
 
     @torch.no_grad()
-    def cost_matrix(self, logits: Tensor | None, masks: Tensor, labels: Tensor, target_masks: Tensor) -> Tensor:
+    def cost_matrix(
+        self,
+        logits: Tensor | None,
+        masks: Tensor,
+        labels: Tensor,
+        target_masks: Tensor,
+        labeled: Optional[Tensor] = None,
+    ) -> Tensor:
         """Matching cost of one image.
 
         Args:
@@ -106,6 +119,7 @@ class HungarianMatcher(nn.Module):
             masks: (Q, h, w) mask logits.
             labels: (G,) target class ids in [0, K).
             target_masks: (G, H, W) binary target masks (bool or float), resized (nearest) to (h, w) here.
+            labeled: optional (H, W) bool; only its True pixels (resized like the masks) enter the mask costs.
         Returns:
             (Q, G) float32 costs.
         Raises:
@@ -131,6 +145,11 @@ class HungarianMatcher(nn.Module):
             tgt = F.interpolate(tgt, size=masks.shape[-2:], mode="nearest")[:, 0]
             src = masks.float().flatten(1)
             tgt = tgt.flatten(1)
+            if labeled is not None:
+                keep = F.interpolate(labeled.to(device=masks.device, dtype=torch.float32)[None, None],
+                                     size=masks.shape[-2:], mode="nearest").flatten() > 0
+                if bool(keep.any()):  # a target too small to survive the resize keeps every pixel
+                    src, tgt = src[:, keep], tgt[:, keep]
             if self.cost_mask != 0:
                 cost = cost + self.cost_mask * pairwise_sigmoid_focal_cost(src, tgt, self.focal_alpha, self.focal_gamma)
             if self.cost_dice != 0:
@@ -157,7 +176,8 @@ class HungarianMatcher(nn.Module):
         indices = []
         for b, target in enumerate(targets):
             logits = pred_logits[b] if pred_logits is not None else None
-            cost = self.cost_matrix(logits, pred_masks[b], target["labels"], target["masks"]).cpu()
+            labeled = target["labeled"] if self.ignore_unlabeled else None
+            cost = self.cost_matrix(logits, pred_masks[b], target["labels"], target["masks"], labeled).cpu()
             if cost.shape[1] == 0:
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))

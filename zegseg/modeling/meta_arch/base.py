@@ -233,14 +233,16 @@ class OpenVocabSegmentor(nn.Module):
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def prepare_targets(self, batched_inputs: List[Dict], padded_size: Tuple[int, int]) -> List[Dict[str, Tensor]]:
-        """Per image ``{"labels": (G,), "masks": (G, H', W') float}``, masks zero-padded to the batch size."""
+        """Per image ``{"labels": (G,), "masks": (G, H', W') float, "labeled": (H', W') bool}``, masks zero-padded to
+        the batch size; ``labeled`` is the union of the masks (False on ignored pixels, e.g. unseen classes, and on
+        padding)."""
         targets = []
         for x in batched_inputs:
             inst = x["instances"].to(self.device)
             masks = inst.gt_masks.tensor if hasattr(inst.gt_masks, "tensor") else inst.gt_masks
             h, w = masks.shape[-2:]
             padded = F.pad(masks.float(), (0, padded_size[1] - w, 0, padded_size[0] - h))
-            targets.append({"labels": inst.gt_classes, "masks": padded})
+            targets.append({"labels": inst.gt_classes, "masks": padded, "labeled": padded.sum(0) > 0})
         return targets
 
     @staticmethod
