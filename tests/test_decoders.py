@@ -155,6 +155,39 @@ def test_transformer_decoder_ignores_padded_pixels(cfg):
     assert not torch.allclose(a, c, atol=1e-3)
 
 
+def test_masked_attention_second_layer_sees_only_the_first_layers_masks(cfg):
+    """Layer 2 attends only where layer 1's mask is on: pixels outside every mask cannot change layer 2's
+    cross-attention, which we check against the layers run by hand with the same attention mask."""
+    cfg.MODEL.TRANSFORMER_DECODER.MASKED_ATTENTION = True
+    torch.manual_seed(0)
+    decoder = TransformerDecoder(cfg, in_channels=32).eval()
+    x = torch.randn(1, 32, 4, 4)
+    allowed = torch.zeros(1, 5, 4, 4, dtype=torch.bool)
+    allowed[:, :3, :2] = True  # queries 0-2: top half; queries 3-4: empty masks (attend everywhere)
+    def mask_head(queries):
+        return torch.where(allowed, 5.0, -5.0).expand(queries.shape[0], -1, -1, -1)
+    with torch.no_grad():
+        out = decoder(x, mask_head=mask_head)
+        pos = decoder.pe_layer(x, None).flatten(2).transpose(1, 2)
+        memory = decoder.input_proj(x).flatten(2).transpose(1, 2)
+        query_pos = decoder.query_embed.weight[None]
+        tgt = decoder.layers[0](torch.zeros_like(query_pos), memory, pos=pos, query_pos=query_pos)
+        blocked = ~allowed.flatten(2)
+        blocked[:, 3:] = False
+        tgt = decoder.layers[1](
+            tgt, memory, pos=pos, query_pos=query_pos, memory_mask=blocked.repeat_interleave(4, dim=0)
+        )
+        unmasked = TransformerDecoder(cfg, in_channels=32).eval()
+        unmasked.load_state_dict(decoder.state_dict())
+        unmasked.masked_attention = False
+        plain = unmasked(x)
+    assert torch.allclose(out[1], decoder.norm(tgt), atol=1e-5)
+    assert torch.allclose(out[0], plain[0], atol=1e-6)  # the first layer attends everywhere
+    assert not torch.allclose(out[1, :, :3], plain[1, :, :3], atol=1e-3)
+    with pytest.raises(ValueError, match="mask_head"):
+        decoder(x)
+
+
 def test_transformer_decoder_rejects_bad_sizes():
     with pytest.raises(ValueError, match="dec_layers"):
         TransformerDecoder(in_channels=8, hidden_dim=8, num_queries=2, nheads=2, dim_feedforward=8, dec_layers=0)

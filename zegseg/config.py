@@ -100,6 +100,9 @@ def _add_mask_model_config(cfg: CN) -> None:
     cfg.MODEL.TRANSFORMER_DECODER.DROPOUT = 0.1  # dropout inside the transformer
     cfg.MODEL.TRANSFORMER_DECODER.PRE_NORM = False  # pre-norm instead of post-norm layers
     cfg.MODEL.TRANSFORMER_DECODER.ENFORCE_INPUT_PROJ = False  # 1x1 projection even when channels already match
+    # zegseg option (Mask2Former's masked attention): layers 2..L attend only inside the previous layer's masks;
+    # False = MaskFormer / ZegFormer / the simple baseline (every query attends to the whole feature map)
+    cfg.MODEL.TRANSFORMER_DECODER.MASKED_ATTENTION = False
 
     cfg.MODEL.CRITERION = CN()
     cfg.MODEL.CRITERION.DEEP_SUPERVISION = True  # also losses on the auxiliary outputs (earlier decoder layers)

@@ -141,7 +141,13 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         """
         features = self.backbone(images)
         decoded = self.pixel_decoder(features)
-        hs = self.transformer_decoder(decoded.transformer_features)  # (L, B, Q, hidden)
+        memory = decoded.transformer_features
+
+        def mask_head(queries: Tensor) -> Tensor:  # (B, Q, hidden) → (B, Q, h_mem, w_mem), for masked attention
+            masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(queries), decoded.mask_features)
+            return F.interpolate(masks, size=memory.shape[-2:], mode="bilinear", align_corners=False)
+
+        hs = self.transformer_decoder(memory, mask_head=mask_head)  # (L, B, Q, hidden)
         masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), decoded.mask_features)
         logits = self.text_classifier(F.normalize(self.semantic_proj(hs), dim=-1), self.text_embeddings)
         aux = [{"pred_logits": lg, "pred_masks": m} for lg, m in zip(logits[:-1], masks[:-1])]

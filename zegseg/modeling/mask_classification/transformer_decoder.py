@@ -1,9 +1,13 @@
 """DETR-style transformer decoder: N learnable segment queries attend to one feature map.
 
 Each of the L layers gives the queries' embeddings (after a shared final LayerNorm), so the caller can predict
-masks and classes from every layer (deep supervision).
+masks and classes from every layer (deep supervision). With masked attention (a zegseg option after Mask2Former;
+off in MaskFormer / ZegFormer) every layer after the first lets a query attend only to the pixels inside the mask
+it predicted after the layer before.
 """
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -48,10 +52,21 @@ class TransformerDecoderLayer(nn.Module):
         return self.dropout1(self.self_attn(q, q, x, need_weights=False)[0])
 
     def _cross_block(
-        self, x: Tensor, memory: Tensor, pos: Tensor, key_padding_mask: Tensor | None, query_pos: Tensor
+        self,
+        x: Tensor,
+        memory: Tensor,
+        pos: Tensor,
+        key_padding_mask: Tensor | None,
+        query_pos: Tensor,
+        attn_mask: Tensor | None,
     ) -> Tensor:
         out = self.cross_attn(
-            x + query_pos, memory + pos, memory, key_padding_mask=key_padding_mask, need_weights=False
+            x + query_pos,
+            memory + pos,
+            memory,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            need_weights=False,
         )
         return self.dropout2(out[0])
 
@@ -66,6 +81,7 @@ class TransformerDecoderLayer(nn.Module):
         pos: Tensor,
         query_pos: Tensor,
         memory_key_padding_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
     ) -> Tensor:
         """
         Args:
@@ -74,15 +90,18 @@ class TransformerDecoderLayer(nn.Module):
             pos: (B, HW, D) positional encoding of ``memory``.
             query_pos: (B, Q, D) learnable query embeddings (positional part of the queries).
             memory_key_padding_mask: optional (B, HW) bool, True at padded pixels.
+            memory_mask: optional (B * nheads, Q, HW) bool, True where a query may not attend (masked attention).
         Returns:
             (B, Q, D) updated query states.
         """
         if self.pre_norm:
             tgt = tgt + self._self_block(self.norm1(tgt), query_pos)
-            tgt = tgt + self._cross_block(self.norm2(tgt), memory, pos, memory_key_padding_mask, query_pos)
+            tgt = tgt + self._cross_block(
+                self.norm2(tgt), memory, pos, memory_key_padding_mask, query_pos, memory_mask
+            )
             return tgt + self._ff_block(self.norm3(tgt))
         tgt = self.norm1(tgt + self._self_block(tgt, query_pos))
-        tgt = self.norm2(tgt + self._cross_block(tgt, memory, pos, memory_key_padding_mask, query_pos))
+        tgt = self.norm2(tgt + self._cross_block(tgt, memory, pos, memory_key_padding_mask, query_pos, memory_mask))
         return self.norm3(tgt + self._ff_block(tgt))
 
 
@@ -109,6 +128,7 @@ class TransformerDecoder(nn.Module):
         dropout: float = 0.1,
         pre_norm: bool = False,
         enforce_input_proj: bool = False,
+        masked_attention: bool = False,
     ):
         """
         Args:
@@ -121,6 +141,8 @@ class TransformerDecoder(nn.Module):
             dropout: dropout inside the layers.
             pre_norm: pre-norm layers instead of post-norm.
             enforce_input_proj: use a 1x1 input projection even when ``in_channels == hidden_dim``.
+            masked_attention: layers 2..L attend only inside the previous layer's predicted masks (needs the
+                ``mask_head`` argument of :meth:`forward`).
         """
         super().__init__()
         if dec_layers < 1:
@@ -129,6 +151,8 @@ class TransformerDecoder(nn.Module):
             raise ValueError(f"hidden_dim must be even for the sine positional encoding, got {hidden_dim}")
         self.num_queries = num_queries
         self.hidden_dim = hidden_dim
+        self.nheads = nheads
+        self.masked_attention = masked_attention
         if in_channels != hidden_dim or enforce_input_proj:
             self.input_proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
             weight_init.c2_xavier_fill(self.input_proj)
@@ -160,21 +184,34 @@ class TransformerDecoder(nn.Module):
             "dropout": dec.DROPOUT,
             "pre_norm": dec.PRE_NORM,
             "enforce_input_proj": dec.ENFORCE_INPUT_PROJ,
+            "masked_attention": dec.MASKED_ATTENTION,
         }
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        mask_head: Optional[Callable[[Tensor], Tensor]] = None,
+    ) -> Tensor:
         """
         Args:
             x: (B, C_in, H, W) feature map (e.g. the backbone's res5).
             padding_mask: optional (B, H, W) bool, True at padded pixels (excluded from cross-attention).
+            mask_head: with masked attention, maps (B, Q, D) query embeddings (final LayerNorm applied) to
+                (B, Q, H, W) mask logits at ``x``'s resolution; a query attends where ``sigmoid >= 0.5`` (everywhere
+                when its mask is empty).
         Returns:
             (L, B, Q, D) query embeddings after each decoder layer (final LayerNorm applied); ``[-1]`` is the
             last layer's.
+        Raises:
+            ValueError: masked attention without ``mask_head``.
         """
+        if self.masked_attention and mask_head is None:
+            raise ValueError("masked attention needs the mask_head that predicts masks from query embeddings")
         b = x.shape[0]
         pos = self.pe_layer(x, padding_mask).flatten(2).transpose(1, 2)  # (B, HW, D)
         memory = self.input_proj(x).flatten(2).transpose(1, 2)  # (B, HW, D)
@@ -182,7 +219,24 @@ class TransformerDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)  # (B, Q, D)
         tgt = torch.zeros_like(query_pos)
         outputs = []
-        for layer in self.layers:
-            tgt = layer(tgt, memory, pos=pos, query_pos=query_pos, memory_key_padding_mask=key_padding_mask)
+        attn_mask = None
+        for i, layer in enumerate(self.layers):
+            tgt = layer(
+                tgt,
+                memory,
+                pos=pos,
+                query_pos=query_pos,
+                memory_key_padding_mask=key_padding_mask,
+                memory_mask=attn_mask,
+            )
             outputs.append(self.norm(tgt))
+            if self.masked_attention and i + 1 < len(self.layers):
+                attn_mask = self._attention_mask(mask_head(outputs[-1]))
         return torch.stack(outputs)
+
+    def _attention_mask(self, mask_logits: Tensor) -> Tensor:
+        """(B, Q, H, W) mask logits → (B * nheads, Q, HW) bool, True outside the mask (rows of empty masks all
+        False, so that such a query still attends everywhere)."""
+        blocked = (mask_logits.detach() < 0).flatten(2)  # sigmoid < 0.5
+        blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
+        return blocked.repeat_interleave(self.nheads, dim=0)
