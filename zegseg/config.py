@@ -57,6 +57,9 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.CROP_STYLE = "cropmask"  # region crops for the image branch: cropmask | mask | crop
     cfg.MODEL.CLIP.MASK_THRESHOLD = 0.5  # a query's pixels are those with sigmoid(mask logit) above this
     cfg.MODEL.CLIP.CROP_EXPAND_RATIO = 1.0  # scale each mask's box by this before cropping (not "zegformer")
+    # zegseg option: regions no query claims (claim < 0.5), of at least this fraction of the image, are classified by
+    # CLIP alone (mask_classification/leftover.py); 0 = off (the official ZegFormer / simple baseline)
+    cfg.MODEL.CLIP.LEFTOVER_MIN_AREA = 0.0
     cfg.MODEL.CLIP.CHUNK_SIZE = 32  # crops per CLIP image-encoder forward (bounds memory)
     cfg.MODEL.CLIP.LOGIT_SCALE = 0.0  # multiplier of crop-text cosines; <= 0: CLIP's own logit_scale.exp()
     cfg.MODEL.CLIP.HALF_ON_GPU = True  # CLIP's weights in fp16 on GPU (OpenAI's; official ZegFormer); False: fp32

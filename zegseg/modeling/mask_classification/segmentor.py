@@ -28,6 +28,7 @@ from ..mlp import MLP
 from ..pixel_decoder import build_pixel_decoder
 from ..text_classifier import TextEmbeddingClassifier
 from .criterion import SetCriterion
+from .leftover import claim_map, leftover_regions
 from .query_selection import QuerySelector, build_query_selector
 from .transformer_decoder import TransformerDecoder
 
@@ -55,6 +56,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         query_selector: Optional[QuerySelector] = None,
         amp: bool = True,
         resize_masks_first: bool = False,
+        leftover_min_area: float = 0.0,
         **kwargs,
     ):
         """
@@ -71,6 +73,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             amp: autocast the segmentation network at inference on CUDA.
             resize_masks_first: resize the mask logits to the output before assembling the K-class map (see the
                 module docstring); False: the official order.
+            leftover_min_area: > 0: regions that no query claims, of at least this fraction of the image, become
+                extra segments classified by CLIP alone (:mod:`.leftover`; needs ``region_classifier``); 0: off.
             kwargs: see :class:`OpenVocabSegmentor`.
         """
         super().__init__(**kwargs)
@@ -89,6 +93,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         self.query_selector = query_selector
         self.amp = amp
         self.resize_masks_first = resize_masks_first
+        self.leftover_min_area = leftover_min_area
 
     @classmethod
     def network_config(
@@ -109,6 +114,15 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
                 "MODEL.CLIP.FAST_MODE sends fewer crops to CLIP, and MODEL.CLIP.REGION_MODE dense sends none (one CLIP "
                 "forward per image whatever the queries): enable one of them"
             )
+        leftover = cfg.MODEL.CLIP.LEFTOVER_MIN_AREA
+        if leftover > 0 and not clip_image_branch:
+            raise ValueError(
+                "MODEL.CLIP.LEFTOVER_MIN_AREA classifies leftover regions with CLIP: enable the CLIP image branch"
+            )
+        if leftover > 0 and cfg.MODEL.CLIP.FAST_MODE.ENABLED:
+            raise ValueError(
+                "MODEL.CLIP.LEFTOVER_MIN_AREA needs all queries' masks and MODEL.CLIP.FAST_MODE drops some: enable one"
+            )
         shared = open_vocab_config(cfg)
         clip_model = shared["clip_model"]
         pixel_decoder = build_pixel_decoder(cfg, shared["backbone"].output_shape())
@@ -127,6 +141,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             "query_selector": build_query_selector(cfg) if clip_image_branch else None,
             "amp": cfg.TEST.AMP,
             "resize_masks_first": cfg.TEST.RESIZE_MASKS_FIRST,
+            "leftover_min_area": leftover,
         }
 
     def predict(self, images: Tensor) -> Dict[str, Tensor]:
@@ -212,6 +227,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         """
         height, width = output_size if output_size is not None else image_size
         probs, masks = self.classify_segments(image, logits, masks, image_size)
+        if self.leftover_min_area > 0:
+            probs, masks = self.add_leftover_regions(image, logits, probs, masks, image_size)
         if self.resize_masks_first:
             masks = self.resize_to_output(masks, image_size, height, width)
             return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
@@ -242,6 +259,29 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         masks = self.upsample_masks(masks)
         clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
         return self.combine_with_clip(logits, clip_logits, valid), masks
+
+    def add_leftover_regions(
+        self, image: Tensor, logits: Tensor, probs: Tensor, masks: Tensor, image_size: Sequence[int]
+    ) -> Tuple[Tensor, Tensor]:
+        """Append the regions no query claims as segments classified by CLIP alone (:mod:`.leftover`).
+
+        Args:
+            image: (3, H, W) the unnormalised input image.
+            logits: (Q, K + 1) segment-classification logits of the queries of ``masks``.
+            probs: (Q, K) the queries' class scores (:meth:`classify_segments`).
+            masks: (Q, H_pad, W_pad) their mask logits at the padded input size.
+            image_size: (H, W) of the image inside the padding.
+        Returns:
+            probs: (Q + R, K), the R regions' rows CLIP's softmax over the vocabulary;
+            masks: (Q + R, H_pad, W_pad), the regions' "logits" ``logit(1 - claim)`` inside them, -inf outside.
+        """
+        regions, weights = leftover_regions(claim_map(logits, masks), image_size, self.leftover_min_area)
+        if regions.shape[0] == 0:
+            return probs, masks
+        clip_logits, valid = self.region_clip_logits(image, torch.where(regions, 10.0, -10.0), image_size)
+        region_probs = clip_logits.softmax(-1) * valid[:, None]
+        region_masks = torch.logit(weights.clamp(max=1.0 - 1e-6)).to(masks.dtype)  # sigmoid gives the weights back
+        return torch.cat([probs, region_probs.to(probs.dtype)]), torch.cat([masks, region_masks])
 
     def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
         """The inference class distribution of queries whose crops CLIP has seen.

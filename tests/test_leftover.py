@@ -1,0 +1,74 @@
+"""Leftover regions (MODEL.CLIP.LEFTOVER_MIN_AREA): unclaimed pixels become CLIP-classified segments."""
+import pytest
+import torch
+
+from zegseg.engine.setup_config import ConfigError
+from zegseg.modeling.mask_classification.leftover import claim_map, leftover_regions
+
+from .test_zegformer import tiny_zegformer
+
+
+def test_claim_map_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])  # query 1: almost surely "no object"
+    masks = torch.stack([torch.full((2, 2), 3.0), torch.full((2, 2), 9.0)])
+    p_obj = 1 - logits.softmax(-1)[:, -1]
+    expected = torch.maximum(p_obj[0] * torch.sigmoid(torch.tensor(3.0)), p_obj[1] * torch.sigmoid(torch.tensor(9.0)))
+    assert torch.allclose(claim_map(logits, masks), expected.expand(2, 2))
+    assert claim_map(logits[:0], masks[:0]).shape == (2, 2)
+
+
+def test_leftover_regions_keep_large_unclaimed_components_inside_the_image():
+    claim = torch.ones(8, 10)
+    claim[:, :3] = 0.2  # an unclaimed strip, 6 x 3 inside the image (0.3 of it)
+    claim[0, 8] = 0.1  # a 1-pixel unclaimed spot
+    claim[6:, :] = 0.0  # padding rows (image is 6 x 10): never part of a region
+    regions, weights = leftover_regions(claim, (6, 10), min_area=0.1)
+    assert regions.shape == (1, 8, 10)
+    expected = torch.zeros(8, 10, dtype=torch.bool)
+    expected[:6, :3] = True
+    assert torch.equal(regions[0], expected)
+    assert torch.allclose(weights[0], expected * 0.8)
+    regions, _ = leftover_regions(claim, (6, 10), min_area=0.01)
+    assert regions.shape[0] == 2  # the spot counts when small regions are allowed
+    assert leftover_regions(torch.ones(4, 4), (4, 4), 0.0)[0].shape == (0, 4, 4)
+
+
+def test_unclaimed_pixels_take_clips_class_of_their_region(tiny_clip_path):
+    model = tiny_zegformer(tiny_clip_path, "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.05").eval()
+    model.set_vocabulary(["sky", "grass", "red star"], unseen_classes=["red star"])
+    q = model.transformer_decoder.num_queries
+    logits = torch.full((q, 4), -5.0)
+    logits[:, 3] = 5.0  # every query "no object" ...
+    logits[0] = torch.tensor([5.0, 0.0, 0.0, -5.0])  # ... but query 0: "sky" on the left half
+    masks = torch.full((q, 16, 16), -10.0)
+    masks[0, :, :8] = 10.0
+    calls = []
+
+    def fake_clip(clip_model, image, m, text):  # CLIP says "sky" for the queries and "red star" for regions
+        calls.append(m.shape[0])
+        out = torch.zeros(m.shape[0], 3)
+        out[:, 2 if len(calls) == 2 else 0] = 10.0
+        return out, torch.ones(m.shape[0], dtype=torch.bool)
+
+    model.region_classifier.forward = fake_clip
+    scores = model.segment_image(torch.zeros(3, 64, 64), logits, masks, (64, 64))
+    labels = scores.argmax(0)
+    assert calls == [q, 1]  # one CLIP call for the queries, one for the single leftover region (the right half)
+    assert (labels[:, :28] == 0).all() and (labels[:, 36:] == 2).all()
+
+    model.leftover_min_area = 0.0
+    calls.clear()
+    labels_off = model.segment_image(torch.zeros(3, 64, 64), logits, masks, (64, 64)).argmax(0)
+    assert calls == [q] and not (labels_off[:, 36:] == 2).any()
+
+
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        (["MODEL.CLIP.FAST_MODE.ENABLED", "True"], "FAST_MODE"),
+        (["MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH", "False"], "image branch"),
+    ],
+)
+def test_leftover_refuses_settings_it_cannot_work_with(tiny_clip_path, opts, match):
+    with pytest.raises((ValueError, ConfigError), match=match):
+        tiny_zegformer(tiny_clip_path, "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.01", *opts)

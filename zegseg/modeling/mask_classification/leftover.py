@@ -1,0 +1,60 @@
+"""Leftover regions: the parts of an image that no segment claims, classified by CLIP alone (a zegseg option).
+
+A mask-classification model trained on seen classes learns not to put masks on the pixels of unseen classes (they
+are background of every mask in MaskFormer's losses), and with few seen stuff classes no query generalises to an
+unseen stuff region: its pixels end up with near-zero scores for every class and take the argmax of noise. With
+``MODEL.CLIP.LEFTOVER_MIN_AREA > 0`` each connected region of unclaimed pixels covering at least that fraction of
+the image becomes one more segment, classified by the frozen CLIP's view of its crop and weighted per pixel by how
+unclaimed the pixel is.
+
+A pixel's claim is ``max_q (1 - p_q(no object)) · sigmoid(mask_q)``: the strongest mask on it of a query that the
+segment classifier takes for an object. Unclaimed pixels have claim < 0.5.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+__all__ = ["claim_map", "leftover_regions"]
+
+
+def claim_map(logits: Tensor, masks: Tensor) -> Tensor:
+    """How strongly the queries claim each pixel.
+
+    Args:
+        logits: (Q, K + 1) segment-classification logits, last column "no object".
+        masks: (Q, H, W) mask logits.
+    Returns:
+        (H, W) in [0, 1]: ``max_q (1 - p_q(no object)) · sigmoid(mask_q)`` (0 when Q is 0).
+    """
+    if masks.shape[0] == 0:
+        return masks.new_zeros(masks.shape[-2:])
+    objectness = 1.0 - logits.float().softmax(-1)[:, -1]
+    return (objectness[:, None, None] * masks.float().sigmoid()).amax(dim=0)
+
+
+def leftover_regions(claim: Tensor, image_size: Sequence[int], min_area: float) -> Tuple[Tensor, Tensor]:
+    """The connected regions of unclaimed pixels (claim < 0.5, 4-connectivity) inside the image.
+
+    Args:
+        claim: (H_pad, W_pad) claim map (:func:`claim_map`) over the padded image.
+        image_size: (h, w) of the image inside the padding; pixels outside it belong to no region.
+        min_area: smallest region kept, as a fraction of ``h · w``.
+    Returns:
+        regions: (R, H_pad, W_pad) bool, one mask per kept region (R may be 0).
+        weights: (R, H_pad, W_pad) float, ``1 - claim`` inside each region and 0 outside.
+    """
+    h, w = image_size
+    unclaimed = (claim[:h, :w] < 0.5).cpu().numpy()
+    labels, count = ndimage.label(unclaimed)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    keep = np.flatnonzero(areas >= min_area * h * w) + 1
+    labels_t = torch.zeros(claim.shape, dtype=torch.int64, device=claim.device)
+    labels_t[:h, :w] = torch.as_tensor(labels, device=claim.device)
+    regions = labels_t[None] == torch.as_tensor(keep, device=claim.device)[:, None, None]
+    weights = regions * (1.0 - claim)[None]
+    return regions, weights
