@@ -72,3 +72,51 @@ def test_unclaimed_pixels_take_clips_class_of_their_region(tiny_clip_path):
 def test_leftover_refuses_settings_it_cannot_work_with(tiny_clip_path, opts, match):
     with pytest.raises((ValueError, ConfigError), match=match):
         tiny_zegformer(tiny_clip_path, "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.01", *opts)
+
+
+# ------------------------------------------------------------------------------ components (COMPONENT_MIN_AREA)
+def test_split_components_by_hand():
+    from zegseg.modeling.mask_classification.components import OFF_MASK_LOGIT, split_components
+
+    masks = torch.full((3, 6, 8), -4.0)
+    masks[0, :2, :2] = 3.0  # query 0: two parts, 4 px and 6 px
+    masks[0, 3:5, 5:8] = 2.0
+    masks[1, 5, 0] = 5.0  # query 1: a single pixel
+    masks[2, :, 7] = 1.0  # query 2: a column, partly in the padding (visible: 5 x 8)
+    source, segs = split_components(masks, (5, 8), min_area=4 / 40)
+    assert source.tolist() == [0, 0, 2]
+    first = torch.full((6, 8), OFF_MASK_LOGIT)
+    first[:2, :2] = 3.0
+    assert torch.equal(segs[0], first)
+    assert (segs[1, 3:5, 5:8] == 2.0).all() and (segs[1] == 2.0).sum() == 6
+    assert (segs[2, :5, 7] == 1.0).all() and segs[2, 5, 7] == OFF_MASK_LOGIT  # the padding is in no component
+    source, segs = split_components(masks, (5, 8), min_area=0.0)
+    assert source.tolist() == [0, 0, 2]  # query 1's pixel lies in the padding row
+    source, segs = split_components(masks, (5, 8), min_area=0.9)
+    assert source.shape == (0,) and segs.shape == (0, 6, 8)
+
+
+def test_components_get_their_own_clip_crops(tiny_clip_path):
+    model = tiny_zegformer(tiny_clip_path, "MODEL.CLIP.COMPONENT_MIN_AREA", "0.01").eval()
+    model.set_vocabulary(["sky", "grass", "red star"], unseen_classes=["red star"])
+    q = model.transformer_decoder.num_queries
+    logits = torch.full((q, 4), -5.0)
+    logits[:, 3] = 5.0
+    logits[0] = torch.tensor([0.0, 0.0, 3.0, -5.0])  # query 0: "red star", over two separate squares
+    masks = torch.full((q, 16, 16), -10.0)
+    masks[0, 2:6, 2:6] = 10.0
+    masks[0, 10:14, 10:14] = 10.0
+    seen_crops = []
+
+    def fake_clip(clip_model, image, m, text):  # CLIP: "red star" for the top-left crop, "sky" for the other
+        seen_crops.append(m.shape[0])
+        out = torch.zeros(m.shape[0], 3)
+        top_left = m[:, :32, :32].flatten(1).amax(1) > 0
+        out[top_left, 2] = 10.0
+        out[~top_left, 0] = 10.0
+        return out, torch.ones(m.shape[0], dtype=torch.bool)
+
+    model.region_classifier.forward = fake_clip
+    labels = model.segment_image(torch.zeros(3, 64, 64), logits, masks, (64, 64)).argmax(0)
+    assert seen_crops == [2]  # one crop per component; the empty queries have none
+    assert (labels[10:22, 10:22] == 2).all() and (labels[42:54, 42:54] == 0).all()

@@ -60,6 +60,9 @@ def _add_clip_config(cfg: CN) -> None:
     # zegseg option: regions no query claims (claim < 0.5), of at least this fraction of the image, are classified by
     # CLIP alone (mask_classification/leftover.py); 0 = off (the official ZegFormer / simple baseline)
     cfg.MODEL.CLIP.LEFTOVER_MIN_AREA = 0.0
+    # zegseg option: each connected component of a query's mask, of at least this fraction of the image, is a segment
+    # with its own CLIP crop (mask_classification/components.py); 0 = off (one crop per query, the official code)
+    cfg.MODEL.CLIP.COMPONENT_MIN_AREA = 0.0
     cfg.MODEL.CLIP.CHUNK_SIZE = 32  # crops per CLIP image-encoder forward (bounds memory)
     cfg.MODEL.CLIP.LOGIT_SCALE = 0.0  # multiplier of crop-text cosines; <= 0: CLIP's own logit_scale.exp()
     cfg.MODEL.CLIP.HALF_ON_GPU = True  # CLIP's weights in fp16 on GPU (OpenAI's; official ZegFormer); False: fp32

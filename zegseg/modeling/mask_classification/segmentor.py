@@ -27,6 +27,7 @@ from ..meta_arch.base import OpenVocabSegmentor, open_vocab_config
 from ..mlp import MLP
 from ..pixel_decoder import build_pixel_decoder
 from ..text_classifier import TextEmbeddingClassifier
+from .components import split_components
 from .criterion import SetCriterion
 from .leftover import claim_map, leftover_regions
 from .query_selection import QuerySelector, build_query_selector
@@ -57,6 +58,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         amp: bool = True,
         resize_masks_first: bool = False,
         leftover_min_area: float = 0.0,
+        component_min_area: float = 0.0,
         **kwargs,
     ):
         """
@@ -75,6 +77,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
                 module docstring); False: the official order.
             leftover_min_area: > 0: regions that no query claims, of at least this fraction of the image, become
                 extra segments classified by CLIP alone (:mod:`.leftover`; needs ``region_classifier``); 0: off.
+            component_min_area: > 0: every connected component of a query's mask, of at least this fraction of the
+                image, is a segment of its own with its own CLIP crop (:mod:`.components`); 0: off.
             kwargs: see :class:`OpenVocabSegmentor`.
         """
         super().__init__(**kwargs)
@@ -94,6 +98,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         self.amp = amp
         self.resize_masks_first = resize_masks_first
         self.leftover_min_area = leftover_min_area
+        self.component_min_area = component_min_area
 
     @classmethod
     def network_config(
@@ -114,15 +119,14 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
                 "MODEL.CLIP.FAST_MODE sends fewer crops to CLIP, and MODEL.CLIP.REGION_MODE dense sends none (one CLIP "
                 "forward per image whatever the queries): enable one of them"
             )
-        leftover = cfg.MODEL.CLIP.LEFTOVER_MIN_AREA
-        if leftover > 0 and not clip_image_branch:
-            raise ValueError(
-                "MODEL.CLIP.LEFTOVER_MIN_AREA classifies leftover regions with CLIP: enable the CLIP image branch"
-            )
-        if leftover > 0 and cfg.MODEL.CLIP.FAST_MODE.ENABLED:
-            raise ValueError(
-                "MODEL.CLIP.LEFTOVER_MIN_AREA needs all queries' masks and MODEL.CLIP.FAST_MODE drops some: enable one"
-            )
+        leftover, components = cfg.MODEL.CLIP.LEFTOVER_MIN_AREA, cfg.MODEL.CLIP.COMPONENT_MIN_AREA
+        for key, value in (("LEFTOVER_MIN_AREA", leftover), ("COMPONENT_MIN_AREA", components)):
+            if value > 0 and not clip_image_branch:
+                raise ValueError(f"MODEL.CLIP.{key} adds CLIP-classified segments: enable the CLIP image branch")
+            if value > 0 and cfg.MODEL.CLIP.FAST_MODE.ENABLED:
+                raise ValueError(
+                    f"MODEL.CLIP.{key} changes the segments MODEL.CLIP.FAST_MODE certifies: enable only one of them"
+                )
         shared = open_vocab_config(cfg)
         clip_model = shared["clip_model"]
         pixel_decoder = build_pixel_decoder(cfg, shared["backbone"].output_shape())
@@ -142,6 +146,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             "amp": cfg.TEST.AMP,
             "resize_masks_first": cfg.TEST.RESIZE_MASKS_FIRST,
             "leftover_min_area": leftover,
+            "component_min_area": components,
         }
 
     def predict(self, images: Tensor) -> Dict[str, Tensor]:
@@ -226,6 +231,12 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             (K, height, width) scores.
         """
         height, width = output_size if output_size is not None else image_size
+        if self.component_min_area > 0:
+            stride = self.pixel_decoder.mask_stride
+            visible = [math.ceil(s / stride) for s in image_size]
+            threshold = self.region_classifier.mask_threshold
+            source, masks = split_components(masks, visible, self.component_min_area, threshold)
+            logits = logits[source]
         probs, masks = self.classify_segments(image, logits, masks, image_size)
         if self.leftover_min_area > 0:
             probs, masks = self.add_leftover_regions(image, logits, probs, masks, image_size)

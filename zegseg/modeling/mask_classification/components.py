@@ -1,0 +1,60 @@
+"""Connected components of query masks as separate segments (a zegseg option).
+
+A query's mask may cover several separate parts of an image, e.g. every shape of one colour when its features
+cannot yet tell the shapes apart. CLIP then sees one crop holding all of them and names none well. With
+``MODEL.CLIP.COMPONENT_MIN_AREA > 0`` each connected component (4-connectivity) of a query's binarised mask, of at
+least that fraction of the image, becomes a segment of its own: it keeps the query's segment-classifier logits,
+gets its own CLIP crop, and its mask is the query's mask logits on the component (and far below zero elsewhere).
+Smaller components are dropped. Components are found at the mask-feature stride, one ``scipy.ndimage.label``
+call for all queries.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+__all__ = ["OFF_MASK_LOGIT", "split_components"]
+
+OFF_MASK_LOGIT = -30.0  # mask logit outside a component: sigmoid ~1e-13
+
+
+def split_components(
+    masks: Tensor, visible_size: Sequence[int], min_area: float, threshold: float = 0.5
+) -> Tuple[Tensor, Tensor]:
+    """Split every query's mask into its connected components.
+
+    Args:
+        masks: (Q, h, w) mask logits (at any stride).
+        visible_size: (h_v, w_v) the part of the masks over the image (not padding); components count pixels there.
+        min_area: smallest component kept, as a fraction of ``h_v · w_v``.
+        threshold: a pixel is in a query's mask where ``sigmoid(logit) > threshold``.
+    Returns:
+        source: (S,) int64, the query each segment comes from (queries with no kept component give none);
+        segment_masks: (S, h, w) the source query's logits on the segment's component, ``OFF_MASK_LOGIT``
+            elsewhere (padding included).
+    """
+    h, w = visible_size
+    binary = np.zeros(masks.shape, dtype=bool)
+    binary[:, :h, :w] = (masks[:, :h, :w].float().sigmoid() > threshold).cpu().numpy()
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)  # connect within a query's plane only
+    labels, count = ndimage.label(binary, structure=structure)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = np.flatnonzero(areas[1:] >= max(min_area * h * w, 1)) + 1
+    if keep.size == 0:
+        return torch.zeros(0, dtype=torch.int64, device=masks.device), masks[:0]
+    labels_t = torch.as_tensor(labels, device=masks.device)
+    keep_t = torch.as_tensor(keep, device=masks.device)
+    # the query of each component: the plane where its label occurs
+    plane_of_label = torch.zeros(count + 1, dtype=torch.int64, device=masks.device)
+    plane_of_label[labels_t.flatten()] = torch.arange(masks.shape[0], device=masks.device).repeat_interleave(
+        masks.shape[1] * masks.shape[2]
+    )
+    source = plane_of_label[keep_t]
+    on = labels_t[source] == keep_t[:, None, None]  # (S, h, w)
+    segment_masks = torch.where(on, masks[source], torch.full_like(masks[source], OFF_MASK_LOGIT))
+    return source, segment_masks
