@@ -11,8 +11,7 @@ from .test_zegformer import tiny_zegformer
 def test_claim_map_by_hand():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])  # query 1: almost surely "no object"
     masks = torch.stack([torch.full((2, 2), 3.0), torch.full((2, 2), 9.0)])
-    p_obj = 1 - logits.softmax(-1)[:, -1]
-    expected = torch.maximum(p_obj[0] * torch.sigmoid(torch.tensor(3.0)), p_obj[1] * torch.sigmoid(torch.tensor(9.0)))
+    expected = torch.sigmoid(torch.tensor(3.0))  # query 1's stronger mask does not count: it is "no object"
     assert torch.allclose(claim_map(logits, masks), expected.expand(2, 2))
     assert claim_map(logits[:0], masks[:0]).shape == (2, 2)
 
@@ -85,11 +84,12 @@ def test_split_components_by_hand():
     masks[2, :, 7] = 1.0  # query 2: a column, partly in the padding (visible: 5 x 8)
     source, segs = split_components(masks, (5, 8), min_area=4 / 40)
     assert source.tolist() == [0, 0, 2]
-    first = torch.full((6, 8), OFF_MASK_LOGIT)
+    first = torch.full((6, 8), OFF_MASK_LOGIT)  # the component and a one-pixel margin keep the query's logits
+    first[:3, :3] = -4.0
     first[:2, :2] = 3.0
     assert torch.equal(segs[0], first)
-    assert (segs[1, 3:5, 5:8] == 2.0).all() and (segs[1] == 2.0).sum() == 6
-    assert (segs[2, :5, 7] == 1.0).all() and segs[2, 5, 7] == OFF_MASK_LOGIT  # the padding is in no component
+    assert (segs[1, 3:5, 5:8] == 2.0).all() and (segs[1] == 2.0).sum() == 6 and (segs[1, :2] == OFF_MASK_LOGIT).all()
+    assert (segs[2, :5, 7] == 1.0).all() and (segs[2, :, :6] == OFF_MASK_LOGIT).all()
     source, segs = split_components(masks, (5, 8), min_area=0.0)
     assert source.tolist() == [0, 0, 2]  # query 1's pixel lies in the padding row
     source, segs = split_components(masks, (5, 8), min_area=0.9)

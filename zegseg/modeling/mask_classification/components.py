@@ -4,7 +4,8 @@ A query's mask may cover several separate parts of an image, e.g. every shape of
 cannot yet tell the shapes apart. CLIP then sees one crop holding all of them and names none well. With
 ``MODEL.CLIP.COMPONENT_MIN_AREA > 0`` each connected component (4-connectivity) of a query's binarised mask, of at
 least that fraction of the image, becomes a segment of its own: it keeps the query's segment-classifier logits,
-gets its own CLIP crop, and its mask is the query's mask logits on the component (and far below zero elsewhere).
+gets its own CLIP crop, and its mask is the query's mask logits on the component and a one-pixel margin around it
+(far below zero elsewhere).
 Smaller components are dropped. Components are found at the mask-feature stride, one ``scipy.ndimage.label``
 call for all queries.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
+from torch.nn import functional as F
 
 __all__ = ["OFF_MASK_LOGIT", "split_components"]
 
@@ -34,8 +36,8 @@ def split_components(
         threshold: a pixel is in a query's mask where ``sigmoid(logit) > threshold``.
     Returns:
         source: (S,) int64, the query each segment comes from (queries with no kept component give none);
-        segment_masks: (S, h, w) the source query's logits on the segment's component, ``OFF_MASK_LOGIT``
-            elsewhere (padding included).
+        segment_masks: (S, h, w) the source query's logits on the segment's component and the 8 neighbours of its
+            pixels, ``OFF_MASK_LOGIT`` elsewhere.
     """
     h, w = visible_size
     binary = np.zeros(masks.shape, dtype=bool)
@@ -56,5 +58,8 @@ def split_components(
     )
     source = plane_of_label[keep_t]
     on = labels_t[source] == keep_t[:, None, None]  # (S, h, w)
+    # one pixel of margin: the query's own falling logits around the component, so that upsampling does not
+    # shrink it (an abrupt OFF_MASK_LOGIT next to the component would be interpolated into its edge)
+    on = F.max_pool2d(on[:, None].float(), kernel_size=3, stride=1, padding=1)[:, 0] > 0
     segment_masks = torch.where(on, masks[source], torch.full_like(masks[source], OFF_MASK_LOGIT))
     return source, segment_masks

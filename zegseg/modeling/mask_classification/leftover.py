@@ -7,8 +7,9 @@ unseen stuff region: its pixels end up with near-zero scores for every class and
 the image becomes one more segment, classified by the frozen CLIP's view of its crop and weighted per pixel by how
 unclaimed the pixel is.
 
-A pixel's claim is ``max_q (1 - p_q(no object)) · sigmoid(mask_q)``: the strongest mask on it of a query that the
-segment classifier takes for an object. Unclaimed pixels have claim < 0.5.
+A pixel's claim is ``max_q sigmoid(mask_q)`` over the segments whose most likely class is not "no object" (the
+masks of "no object" queries are untrained and fire anywhere). Unclaimed pixels have claim < 0.5. Regions are
+found on the mask-feature grid, so thin seams between segments do not form regions.
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def claim_map(logits: Tensor, masks: Tensor) -> Tensor:
         logits: (Q, K + 1) segment-classification logits, last column "no object".
         masks: (Q, H, W) mask logits.
     Returns:
-        (H, W) in [0, 1]: ``max_q (1 - p_q(no object)) · sigmoid(mask_q)`` (0 when Q is 0).
+        (H, W) in [0, 1]: ``max sigmoid(mask_q)`` over the queries whose argmax is not "no object" (0 if none).
     """
     if masks.shape[0] == 0:
         return masks.new_zeros(masks.shape[-2:])
-    objectness = 1.0 - logits.float().softmax(-1)[:, -1]
+    objectness = (logits.float().argmax(-1) != logits.shape[-1] - 1).float()
     return (objectness[:, None, None] * masks.float().sigmoid()).amax(dim=0)
 
 

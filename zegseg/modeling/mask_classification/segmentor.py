@@ -27,7 +27,7 @@ from ..meta_arch.base import OpenVocabSegmentor, open_vocab_config
 from ..mlp import MLP
 from ..pixel_decoder import build_pixel_decoder
 from ..text_classifier import TextEmbeddingClassifier
-from .components import split_components
+from .components import OFF_MASK_LOGIT, split_components
 from .criterion import SetCriterion
 from .leftover import claim_map, leftover_regions
 from .query_selection import QuerySelector, build_query_selector
@@ -231,15 +231,16 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             (K, height, width) scores.
         """
         height, width = output_size if output_size is not None else image_size
+        stride = self.pixel_decoder.mask_stride
+        visible = [math.ceil(s / stride) for s in image_size]  # the image's part of the mask grid
         if self.component_min_area > 0:
-            stride = self.pixel_decoder.mask_stride
-            visible = [math.ceil(s / stride) for s in image_size]
             threshold = self.region_classifier.mask_threshold
             source, masks = split_components(masks, visible, self.component_min_area, threshold)
             logits = logits[source]
-        probs, masks = self.classify_segments(image, logits, masks, image_size)
+        probs, masks_up = self.classify_segments(image, logits, masks, image_size)
         if self.leftover_min_area > 0:
-            probs, masks = self.add_leftover_regions(image, logits, probs, masks, image_size)
+            probs, masks_up = self.add_leftover_regions(image, logits, masks, visible, probs, masks_up, image_size)
+        masks = masks_up
         if self.resize_masks_first:
             masks = self.resize_to_output(masks, image_size, height, width)
             return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
@@ -272,27 +273,41 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         return self.combine_with_clip(logits, clip_logits, valid), masks
 
     def add_leftover_regions(
-        self, image: Tensor, logits: Tensor, probs: Tensor, masks: Tensor, image_size: Sequence[int]
+        self,
+        image: Tensor,
+        logits: Tensor,
+        masks: Tensor,
+        visible: Sequence[int],
+        probs: Tensor,
+        masks_up: Tensor,
+        image_size: Sequence[int],
     ) -> Tuple[Tensor, Tensor]:
-        """Append the regions no query claims as segments classified by CLIP alone (:mod:`.leftover`).
+        """Append the regions no segment claims as segments classified by CLIP alone (:mod:`.leftover`).
+
+        Regions are found on the mask-feature grid (thin unclaimed seams between segments, finer than a grid cell,
+        do not form regions) and upsampled like the segments' masks.
 
         Args:
             image: (3, H, W) the unnormalised input image.
-            logits: (Q, K + 1) segment-classification logits of the queries of ``masks``.
-            probs: (Q, K) the queries' class scores (:meth:`classify_segments`).
-            masks: (Q, H_pad, W_pad) their mask logits at the padded input size.
+            logits: (M, K + 1) segment-classification logits of the segments of ``masks``.
+            masks: (M, h, w) their mask logits at the mask-feature stride.
+            visible: (h_v, w_v) the image's part of that grid.
+            probs: (M, K) the segments' class scores (:meth:`classify_segments`).
+            masks_up: (M, H_pad, W_pad) their mask logits at the padded input size.
             image_size: (H, W) of the image inside the padding.
         Returns:
-            probs: (Q + R, K), the R regions' rows CLIP's softmax over the vocabulary;
-            masks: (Q + R, H_pad, W_pad), the regions' "logits" ``logit(1 - claim)`` inside them, -inf outside.
+            probs: (M + R, K), the R regions' rows CLIP's softmax over the vocabulary;
+            masks: (M + R, H_pad, W_pad), the regions' logits, ``logit(1 - claim)`` inside them (upsampled).
         """
-        regions, weights = leftover_regions(claim_map(logits, masks), image_size, self.leftover_min_area)
+        regions, weights = leftover_regions(claim_map(logits, masks), visible, self.leftover_min_area)
         if regions.shape[0] == 0:
-            return probs, masks
-        clip_logits, valid = self.region_clip_logits(image, torch.where(regions, 10.0, -10.0), image_size)
+            return probs, masks_up
+        off = torch.full_like(weights, OFF_MASK_LOGIT)
+        region_logits = torch.where(regions, torch.logit(weights.clamp(1e-6, 1.0 - 1e-6)), off)
+        region_logits = self.upsample_masks(region_logits.to(masks_up.dtype))
+        clip_logits, valid = self.region_clip_logits(image, region_logits, image_size)
         region_probs = clip_logits.softmax(-1) * valid[:, None]
-        region_masks = torch.logit(weights.clamp(max=1.0 - 1e-6)).to(masks.dtype)  # sigmoid gives the weights back
-        return torch.cat([probs, region_probs.to(probs.dtype)]), torch.cat([masks, region_masks])
+        return torch.cat([probs, region_probs.to(probs.dtype)]), torch.cat([masks_up, region_logits])
 
     def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
         """The inference class distribution of queries whose crops CLIP has seen.
