@@ -3,6 +3,10 @@ from typing import Dict, List
 
 import torch
 
+# One CLIP view per query: the toy ZegFormer config's connected-component segments and leftover regions off, for
+# tests that count crops or compute the ensemble by hand (both options have tests of their own, test_leftover.py)
+ONE_VIEW_PER_QUERY = ["MODEL.CLIP.COMPONENT_MIN_AREA", "0.0", "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.0"]
+
 # A ZegFormer-family model small enough for CPU tests that run inference on real-sized images.
 TINY_INFERENCE_OPTS = [
     "MODEL.DEVICE", "cpu",

@@ -16,7 +16,7 @@ from detectron2.modeling import build_model
 import zegseg  # noqa: F401
 from zegseg.engine.setup_config import load_config
 
-from .helpers import TINY_INFERENCE_OPTS
+from .helpers import ONE_VIEW_PER_QUERY, TINY_INFERENCE_OPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -106,7 +106,7 @@ def test_probe_counts_images_not_clip_calls(tiny_clip_path, monkeypatch):
     """A model that calls CLIP more than once per image (as certified fast mode did, once per round): the probe
     must still divide by the images that went in."""
     opts = TINY_INFERENCE_OPTS + ["MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8", "MODEL.CLIP.NAME", str(tiny_clip_path),
-                                  "MODEL.CLIP.CROP_PROCEDURE", "zegformer"]  # every query cropped, empty or not
+                                  "MODEL.CLIP.CROP_PROCEDURE", "zegformer", *ONE_VIEW_PER_QUERY]  # every query, once
     torch.manual_seed(0)
     model = build_model(load_config("configs/toy/zegformer.yaml", opts)).eval()
     one_call = model.region_clip_logits
@@ -136,6 +136,7 @@ def test_fast_mode_bench_counts_per_image_and_interleaves_modes():
         "bench_fast_mode.py", "--config-file", "configs/toy/zegformer.yaml", "--images", "3", "--warmup", "1",
         "--variant", "cap5", "MODEL.CLIP.FAST_MODE.MIN_CONTRIBUTION", "0.0", "MODEL.CLIP.FAST_MODE.MAX_QUERIES", "5",
         "--opts", "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8", "MODEL.CLIP.CROP_PROCEDURE", "zegformer",
+        *ONE_VIEW_PER_QUERY,
     )
     (rows,) = tables(out)
     by_name = {r["mode"]: r for r in rows}

@@ -1,8 +1,6 @@
 """Leftover regions (MODEL.CLIP.LEFTOVER_MIN_AREA): unclaimed pixels become CLIP-classified segments."""
-import pytest
 import torch
 
-from zegseg.engine.setup_config import ConfigError
 from zegseg.modeling.mask_classification.leftover import claim_map, leftover_regions
 
 from .test_zegformer import tiny_zegformer
@@ -61,16 +59,23 @@ def test_unclaimed_pixels_take_clips_class_of_their_region(tiny_clip_path):
     assert calls == [q] and not (labels_off[:, 36:] == 2).any()
 
 
-@pytest.mark.parametrize(
-    "opts, match",
-    [
-        (["MODEL.CLIP.FAST_MODE.ENABLED", "True"], "FAST_MODE"),
-        (["MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH", "False"], "image branch"),
-    ],
-)
-def test_leftover_refuses_settings_it_cannot_work_with(tiny_clip_path, opts, match):
-    with pytest.raises((ValueError, ConfigError), match=match):
-        tiny_zegformer(tiny_clip_path, "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.01", *opts)
+def test_options_belong_to_the_clip_image_branch(tiny_clip_path):
+    opts = ["MODEL.CLIP.LEFTOVER_MIN_AREA", "0.01", "MODEL.CLIP.COMPONENT_MIN_AREA", "0.01"]
+    with_branch = tiny_zegformer(tiny_clip_path, *opts)
+    assert with_branch.leftover_min_area == 0.01 and with_branch.component_min_area == 0.01
+    without = tiny_zegformer(tiny_clip_path, *opts, "MODEL.ZEGFORMER.CLIP_IMAGE_BRANCH", "False")
+    assert without.leftover_min_area == 0.0 and without.component_min_area == 0.0
+
+
+def test_components_and_leftover_run_with_fast_mode(tiny_clip_path):
+    model = tiny_zegformer(
+        tiny_clip_path,
+        "MODEL.CLIP.COMPONENT_MIN_AREA", "0.01", "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.01",
+        "MODEL.CLIP.FAST_MODE.ENABLED", "True", "MODEL.CLIP.FAST_MODE.MAX_QUERIES", "2",
+    ).eval()
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)}])
+    assert out[0]["sem_seg"].shape == (35, 64, 64) and torch.isfinite(out[0]["sem_seg"]).all()
 
 
 # ------------------------------------------------------------------------------ components (COMPONENT_MIN_AREA)

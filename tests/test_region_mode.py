@@ -11,6 +11,7 @@ from zegseg.modeling.clip import load_clip
 from zegseg.modeling.clip.dense_features import encode_dense
 from zegseg.modeling.clip.region_encoder import RegionCLIPClassifier, normalize_for_clip
 
+from .helpers import ONE_VIEW_PER_QUERY
 from .test_zegformer import TINY
 
 
@@ -75,6 +76,7 @@ def test_single_pass_bench_times_both_modes_interleaved():
     out = run_bench(
         "bench_single_pass.py", "--config-file", "configs/toy/zegformer.yaml", "--size", "64", "--images", "2",
         "--variant", "dense", "MODEL.CLIP.REGION_MODE", "dense", "--opts", "MODEL.TRANSFORMER_DECODER.NUM_QUERIES", "8",
+        *ONE_VIEW_PER_QUERY,
     )
     (rows,) = tables(out)
     by_name = {r["mode"]: r for r in rows}

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 import zegseg  # noqa: F401
 from zegseg.engine.setup_config import load_config
 
-from .helpers import train_steps
+from .helpers import ONE_VIEW_PER_QUERY, train_steps
 
 TINY = [
     "MODEL.DEVICE", "cpu",
@@ -19,6 +19,7 @@ TINY = [
     "MODEL.TRANSFORMER_DECODER.DIM_FEEDFORWARD", "64",
     "MODEL.PIXEL_DECODER.CONVS_DIM", "32",
     "MODEL.PIXEL_DECODER.MASK_DIM", "32",
+    *ONE_VIEW_PER_QUERY,
 ]
 
 

@@ -57,11 +57,11 @@ def _add_clip_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.CROP_STYLE = "cropmask"  # region crops for the image branch: cropmask | mask | crop
     cfg.MODEL.CLIP.MASK_THRESHOLD = 0.5  # a query's pixels are those with sigmoid(mask logit) above this
     cfg.MODEL.CLIP.CROP_EXPAND_RATIO = 1.0  # scale each mask's box by this before cropping (not "zegformer")
-    # zegseg option: regions no query claims (claim < 0.5), of at least this fraction of the image, are classified by
-    # CLIP alone (mask_classification/leftover.py); 0 = off (the official ZegFormer / simple baseline)
+    # zegseg options of the CLIP image branch, 0 = off (the official ZegFormer / simple baseline): regions no query
+    # claims (claim < 0.5), of at least this fraction of the image, are classified by CLIP alone (leftover.py) ...
     cfg.MODEL.CLIP.LEFTOVER_MIN_AREA = 0.0
-    # zegseg option: each connected component of a query's mask, of at least this fraction of the image, is a segment
-    # with its own CLIP crop (mask_classification/components.py); 0 = off (one crop per query, the official code)
+    # ... and each connected component of a query's mask, of at least this fraction of the image, is a segment with
+    # its own CLIP crop (mask_classification/components.py)
     cfg.MODEL.CLIP.COMPONENT_MIN_AREA = 0.0
     cfg.MODEL.CLIP.CHUNK_SIZE = 32  # crops per CLIP image-encoder forward (bounds memory)
     cfg.MODEL.CLIP.LOGIT_SCALE = 0.0  # multiplier of crop-text cosines; <= 0: CLIP's own logit_scale.exp()

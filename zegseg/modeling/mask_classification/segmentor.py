@@ -76,9 +76,10 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             resize_masks_first: resize the mask logits to the output before assembling the K-class map (see the
                 module docstring); False: the official order.
             leftover_min_area: > 0: regions that no query claims, of at least this fraction of the image, become
-                extra segments classified by CLIP alone (:mod:`.leftover`; needs ``region_classifier``); 0: off.
+                extra segments classified by CLIP alone (:mod:`.leftover`); 0: off. Parts of the CLIP image
+                branch: ``from_config`` passes 0 for a model without ``region_classifier``.
             component_min_area: > 0: every connected component of a query's mask, of at least this fraction of the
-                image, is a segment of its own with its own CLIP crop (:mod:`.components`); 0: off.
+                image, is a segment of its own with its own CLIP crop (:mod:`.components`); 0: off (as above).
             kwargs: see :class:`OpenVocabSegmentor`.
         """
         super().__init__(**kwargs)
@@ -119,14 +120,6 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
                 "MODEL.CLIP.FAST_MODE sends fewer crops to CLIP, and MODEL.CLIP.REGION_MODE dense sends none (one CLIP "
                 "forward per image whatever the queries): enable one of them"
             )
-        leftover, components = cfg.MODEL.CLIP.LEFTOVER_MIN_AREA, cfg.MODEL.CLIP.COMPONENT_MIN_AREA
-        for key, value in (("LEFTOVER_MIN_AREA", leftover), ("COMPONENT_MIN_AREA", components)):
-            if value > 0 and not clip_image_branch:
-                raise ValueError(f"MODEL.CLIP.{key} adds CLIP-classified segments: enable the CLIP image branch")
-            if value > 0 and cfg.MODEL.CLIP.FAST_MODE.ENABLED:
-                raise ValueError(
-                    f"MODEL.CLIP.{key} changes the segments MODEL.CLIP.FAST_MODE certifies: enable only one of them"
-                )
         shared = open_vocab_config(cfg)
         clip_model = shared["clip_model"]
         pixel_decoder = build_pixel_decoder(cfg, shared["backbone"].output_shape())
@@ -145,8 +138,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             "query_selector": build_query_selector(cfg) if clip_image_branch else None,
             "amp": cfg.TEST.AMP,
             "resize_masks_first": cfg.TEST.RESIZE_MASKS_FIRST,
-            "leftover_min_area": leftover,
-            "component_min_area": components,
+            "leftover_min_area": cfg.MODEL.CLIP.LEFTOVER_MIN_AREA if clip_image_branch else 0.0,
+            "component_min_area": cfg.MODEL.CLIP.COMPONENT_MIN_AREA if clip_image_branch else 0.0,
         }
 
     def predict(self, images: Tensor) -> Dict[str, Tensor]:
