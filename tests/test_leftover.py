@@ -125,3 +125,23 @@ def test_components_get_their_own_clip_crops(tiny_clip_path):
     labels = model.segment_image(torch.zeros(3, 64, 64), logits, masks, (64, 64)).argmax(0)
     assert seen_crops == [2]  # one crop per component; the empty queries have none
     assert (labels[10:22, 10:22] == 2).all() and (labels[42:54, 42:54] == 0).all()
+
+
+def test_an_image_without_any_mask_part_is_one_leftover_region(tiny_clip_path):
+    """No query's mask reaches the component size: no segment at all, and the whole image is a leftover region."""
+    model = tiny_zegformer(
+        tiny_clip_path, "MODEL.CLIP.COMPONENT_MIN_AREA", "0.01", "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.01"
+    ).eval()
+    model.set_vocabulary(["sky", "grass", "red star"], unseen_classes=["red star"])
+    q = model.transformer_decoder.num_queries
+    logits = torch.zeros(q, 4)
+    masks = torch.full((q, 16, 16), -10.0)
+    calls = []
+
+    def fake_clip(clip_model, image, m, text):
+        calls.append(m.shape[0])
+        return torch.tensor([[0.0, 10.0, 0.0]]).expand(m.shape[0], -1), torch.ones(m.shape[0], dtype=torch.bool)
+
+    model.region_classifier.forward = fake_clip
+    labels = model.segment_image(torch.zeros(3, 64, 64), logits, masks, (64, 64)).argmax(0)
+    assert calls == [1] and (labels == 1).all()

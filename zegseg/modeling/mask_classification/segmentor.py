@@ -256,7 +256,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             probs: (M, K) class probabilities of the M queries kept (M = Q except in fast mode).
             masks: (M, H_pad, W_pad) their mask logits at the padded input size (see :meth:`upsample_masks`).
         """
-        if self.region_classifier is None:
+        if self.region_classifier is None or masks.shape[0] == 0:
             return logits.softmax(-1)[:, :-1], self.upsample_masks(masks)
         keep, source = self.choose_clip_queries(logits, masks, image_size)
         if keep is not None:
@@ -327,6 +327,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         """(Q, h, w) mask logits at the mask-feature stride → (Q, H_pad, W_pad) logits at the padded input size."""
         stride = self.pixel_decoder.mask_stride
         size = (masks.shape[-2] * stride, masks.shape[-1] * stride)
+        if masks.shape[0] == 0:  # no segment (e.g. no mask part large enough for COMPONENT_MIN_AREA)
+            return masks.new_zeros((0, *size))
         return F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
 
     def clip_weight_bound(self, logits: Tensor) -> Tensor:
