@@ -7,7 +7,7 @@ least that fraction of the image, becomes a segment of its own: it keeps the que
 gets its own CLIP crop, and its mask is the query's mask logits on the component and a one-pixel margin around it
 (far below zero elsewhere).
 Smaller components are dropped. Components are found at the mask-feature stride, one ``scipy.ndimage.label``
-call for all queries.
+call for all queries (:func:`connected_components`, which the leftover regions use too).
 """
 from __future__ import annotations
 
@@ -19,9 +19,33 @@ from scipy import ndimage
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["OFF_MASK_LOGIT", "split_components"]
+__all__ = ["OFF_MASK_LOGIT", "connected_components", "split_components"]
 
 OFF_MASK_LOGIT = -30.0  # mask logit outside a component: sigmoid ~1e-13
+
+
+def connected_components(binary: Tensor, min_pixels: float) -> Tuple[Tensor, Tensor]:
+    """The connected components (4-connectivity) of every plane of a stack of binary maps, in one
+    ``scipy.ndimage.label`` call.
+
+    Args:
+        binary: (P, h, w) bool.
+        min_pixels: smallest component kept, in pixels (at least 1).
+    Returns:
+        plane: (S,) int64, the plane each kept component lies in (ascending);
+        on: (S, h, w) bool, its pixels.
+    """
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)  # connect within a plane only
+    labels, count = ndimage.label(binary.cpu().numpy(), structure=structure)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = np.flatnonzero(areas[1:] >= max(min_pixels, 1)) + 1
+    ids, first_pixel = np.unique(labels.ravel(), return_index=True)  # label 0 is absent when nothing is background
+    plane = first_pixel[np.searchsorted(ids, keep)] // labels[0].size
+    plane = torch.as_tensor(plane, dtype=torch.int64, device=binary.device)
+    keep_t = torch.as_tensor(keep, device=binary.device)
+    on = torch.as_tensor(labels, device=binary.device)[plane] == keep_t[:, None, None]
+    return plane, on
 
 
 def split_components(
@@ -40,24 +64,11 @@ def split_components(
             pixels, ``OFF_MASK_LOGIT`` elsewhere.
     """
     h, w = visible_size
-    binary = np.zeros(masks.shape, dtype=bool)
-    binary[:, :h, :w] = (masks[:, :h, :w].float().sigmoid() > threshold).cpu().numpy()
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = ndimage.generate_binary_structure(2, 1)  # connect within a query's plane only
-    labels, count = ndimage.label(binary, structure=structure)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = np.flatnonzero(areas[1:] >= max(min_area * h * w, 1)) + 1
-    if keep.size == 0:
-        return torch.zeros(0, dtype=torch.int64, device=masks.device), masks[:0]
-    labels_t = torch.as_tensor(labels, device=masks.device)
-    keep_t = torch.as_tensor(keep, device=masks.device)
-    # the query of each component: the plane where its label occurs
-    plane_of_label = torch.zeros(count + 1, dtype=torch.int64, device=masks.device)
-    plane_of_label[labels_t.flatten()] = torch.arange(masks.shape[0], device=masks.device).repeat_interleave(
-        masks.shape[1] * masks.shape[2]
-    )
-    source = plane_of_label[keep_t]
-    on = labels_t[source] == keep_t[:, None, None]  # (S, h, w)
+    binary = torch.zeros(masks.shape, dtype=torch.bool, device=masks.device)
+    binary[:, :h, :w] = masks[:, :h, :w].float().sigmoid() > threshold
+    source, on = connected_components(binary, min_area * h * w)
+    if source.numel() == 0:
+        return source, masks[:0]
     # one pixel of margin: the query's own falling logits around the component, so that upsampling does not
     # shrink it (an abrupt OFF_MASK_LOGIT next to the component would be interpolated into its edge)
     on = F.max_pool2d(on[:, None].float(), kernel_size=3, stride=1, padding=1)[:, 0] > 0

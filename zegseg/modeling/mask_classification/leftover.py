@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
-import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor
+
+from .components import connected_components
 
 __all__ = ["claim_map", "leftover_regions"]
 
@@ -50,12 +50,8 @@ def leftover_regions(claim: Tensor, image_size: Sequence[int], min_area: float) 
         weights: (R, H_pad, W_pad) float, ``1 - claim`` inside each region and 0 outside.
     """
     h, w = image_size
-    unclaimed = (claim[:h, :w] < 0.5).cpu().numpy()
-    labels, count = ndimage.label(unclaimed)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    keep = np.flatnonzero(areas >= min_area * h * w) + 1
-    labels_t = torch.zeros(claim.shape, dtype=torch.int64, device=claim.device)
-    labels_t[:h, :w] = torch.as_tensor(labels, device=claim.device)
-    regions = labels_t[None] == torch.as_tensor(keep, device=claim.device)[:, None, None]
+    unclaimed = torch.zeros(claim.shape, dtype=torch.bool, device=claim.device)
+    unclaimed[:h, :w] = claim[:h, :w] < 0.5
+    _, regions = connected_components(unclaimed[None], min_area * h * w)
     weights = regions * (1.0 - claim)[None]
     return regions, weights
