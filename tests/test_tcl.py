@@ -16,6 +16,7 @@ from zegseg.data.dataset_mappers import build_train_mapper
 from zegseg.data.datasets.register_captions import load_caption_json, register_caption_dataset
 from zegseg.engine.setup_config import load_config
 from zegseg.modeling.clip.dense_features import encode_dense
+from zegseg.modeling.dense_clip.caption_phrases import batch_phrases, split_caption
 from zegseg.modeling.dense_clip.pamr import PAMR
 from zegseg.modeling.dense_clip.tcl_grounder import GatedUpsampler, Sim2Mask, TCLGrounder, gumbel_sigmoid
 from zegseg.modeling.dense_clip.tcl_losses import (
@@ -154,8 +155,66 @@ def test_tcl_criterion_on_hand_built_masks():
     own[0, 1], own[1, 0] = right[0, 0], right[1, 1]
     best = crit(embeddings=emb, soft_masks=own, text=text, masked_image_embeddings=text)["loss_tcl_feature"]
     torch.testing.assert_close(best, torch.tensor(expected_i))
-    with pytest.raises(ValueError, match="one caption per image"):
+    with pytest.raises(ValueError, match="inconsistent shapes"):
         crit(embeddings=emb, soft_masks=right[:, :1], text=text, masked_image_embeddings=text)
+    # the identity as an explicit positive matrix is the paper's one-caption-per-image loss
+    identity = torch.eye(2) > 0
+    explicit = crit(embeddings=emb, soft_masks=right, text=text, masked_image_embeddings=text, positive=identity)
+    for name, value in good.items():
+        torch.testing.assert_close(explicit[name], value)
+
+
+def test_symmetric_info_nce_with_several_positives_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    positive = torch.tensor([[True, False, True], [False, True, False]])
+    lp_rows = logits.log_softmax(1)
+    lp_cols = logits.log_softmax(0)
+    # rows: image 0's target is half text 0, half text 2; image 1's is text 1
+    rows = 0.5 * (-(0.5 * lp_rows[0, 0] + 0.5 * lp_rows[0, 2]) - lp_rows[1, 1])
+    cols = -(lp_cols[0, 0] + lp_cols[1, 1] + lp_cols[0, 2]) / 3
+    torch.testing.assert_close(symmetric_info_nce(logits, positive), 0.5 * (rows + cols))
+    with pytest.raises(ValueError, match="every row and column"):
+        symmetric_info_nce(logits, torch.tensor([[True, False, False], [False, True, False]]))
+
+
+def test_tcl_criterion_with_phrases_on_hand_built_masks():
+    """Two images, three phrases: image 0 holds phrases 0 and 1 (left / right half), image 1 phrases 1 and 2."""
+    text = torch.eye(3, 4)
+    emb = torch.zeros(2, 4, 4, 4)
+    emb[0, :, :, :2], emb[0, :, :, 2:] = text[0, :, None, None], text[1, :, None, None]
+    emb[1, :, :, :2], emb[1, :, :, 2:] = text[1, :, None, None], text[2, :, None, None]
+    positive = torch.tensor([[True, True, False], [False, True, True]])
+    masks = torch.zeros(2, 3, 4, 4)
+    masks[0, 0, :, :2] = masks[0, 1, :, 2:] = masks[1, 1, :, :2] = masks[1, 2, :, 2:] = 1.0  # each on its half
+    pairs_text = text[positive.nonzero()[:, 1]]  # masked images embed exactly their phrase: (P=4, D)
+    crit = TCLCriterion(pos_area_prior=0.5)
+    good = crit(embeddings=emb, soft_masks=masks, text=text, masked_image_embeddings=pairs_text, positive=positive)
+    assert good["loss_area_pos"] == 0 and good["loss_area_neg"] == 0  # own phrases half the image, others empty
+    # image level: rows one positive each (cos 1 vs 0); column "phrase 1" has two positive pairs (rows 1 and 2)
+    scale = 1.0 / 0.07
+    logits = scale * (pairs_text @ text.T)
+    expected = 0.1 * symmetric_info_nce(logits, torch.nn.functional.one_hot(positive.nonzero()[:, 1], 3) > 0)
+    torch.testing.assert_close(good["loss_tcl_image"], expected)
+    swapped = masks.clone()
+    swapped[0, 0], swapped[0, 1] = masks[0, 1], masks[0, 0]  # image 0's two phrases grounded on the wrong halves
+    wrong = crit(embeddings=emb, soft_masks=swapped, text=text, masked_image_embeddings=pairs_text, positive=positive)
+    assert wrong["loss_tcl_feature"] > good["loss_tcl_feature"] + 0.05
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        crit(embeddings=emb, soft_masks=masks, text=text, masked_image_embeddings=pairs_text[:3], positive=positive)
+
+
+def test_split_caption_and_batch_phrases():
+    assert split_caption("A photo of a green square, a blue star and a red square on tiled floor.") == [
+        "green square", "blue star", "red square", "tiled floor"
+    ]
+    assert split_caption("a yellow star in front of snow and water") == ["yellow star", "snow", "water"]
+    assert split_caption("grass and grass") == ["grass"]
+    assert split_caption("a photo of") == []
+    phrases, positive = batch_phrases(["a red star on grass", "a photo of grass and sky", "a photo of"])
+    assert phrases == ["red star", "grass", "sky", "a photo of"]  # a caption with no phrase is its own text
+    assert positive.tolist() == [[True, True, False, False], [False, True, True, False], [False, False, False, True]]
+    with pytest.raises(ValueError, match="empty caption"):
+        batch_phrases(["grass", " "])
 
 
 # ------------------------------------------------------------------------------------------------ PAMR
@@ -255,6 +314,16 @@ def test_training_iterations_lower_tcl_loss(tiny_clip_path):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
     assert int(model.num_train_steps) == 12
     assert not any(k.startswith("clip_model.") for k in model.state_dict())
+
+
+def test_training_on_phrases_lowers_tcl_loss(tiny_clip_path):
+    model = tiny_tcl(tiny_clip_path, "MODEL.TCL.STAGE_FREEZE_ITERS", "0", "MODEL.TCL.TEXT_UNITS", "phrases").train()
+    torch.manual_seed(0)
+    losses = train_steps(model, caption_batch(), steps=12, lr=3e-3)
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    assert set(model._embed_phrases._memory) == {"red", "green", "blue", "white"}  # "x and y": two phrases each
+    with pytest.raises(ValueError, match="TEXT_UNITS"):
+        tiny_tcl(tiny_clip_path, "MODEL.TCL.TEXT_UNITS", "nouns")
 
 
 def test_stage_freeze_keeps_the_copied_stage_fixed(tiny_clip_path):

@@ -203,6 +203,7 @@ def _add_tcl_config(cfg: CN) -> None:
     cfg.MODEL.TCL.AREA_WEIGHT = 0.4  # weight of each area prior (own caption's mask, other captions' masks)
     cfg.MODEL.TCL.AREA_PRIOR = 0.4  # target mean area of an image's own-caption mask
     cfg.MODEL.TCL.TV_WEIGHT = 1.0  # weight of each total-variation term (dense embeddings, soft masks)
+    cfg.MODEL.TCL.TEXT_UNITS = "caption"  # texts grounded in training: "caption" (the paper) or "phrases" (zegseg)
     cfg.MODEL.TCL.STAGE_FREEZE_ITERS = 0  # train only the decoder (not the copied last stage) for this many iters
     cfg.MODEL.TCL.PAMR_ITERS = 10  # PAMR refinement iterations at inference (0: off)
     cfg.MODEL.TCL.PAMR_DILATIONS = [1, 2, 4, 8, 12, 24]  # PAMR neighbour distances, in mask pixels

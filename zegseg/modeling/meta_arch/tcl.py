@@ -7,7 +7,10 @@ of an evaluation vocabulary is unseen to it.
 
 Training (records from a caption dataset, mapper ``image_caption``): each batch image's caption is embedded by
 CLIP's text tower (the whole caption, no template); the grounder gives the masks of every caption on every image;
-the losses are TCL's (:class:`~zegseg.modeling.dense_clip.tcl_losses.TCLCriterion`).
+the losses are TCL's (:class:`~zegseg.modeling.dense_clip.tcl_losses.TCLCriterion`). With
+``MODEL.TCL.TEXT_UNITS phrases`` (a zegseg option) the texts are instead the distinct phrases of the batch's
+captions (:mod:`~zegseg.modeling.dense_clip.caption_phrases`), each put into the prompt templates
+MODEL.CLIP.TEMPLATES like a class name, and every image is grounded on each of its own phrases.
 
 Inference: the soft mask of each class prompt embedding (the vocabulary, MODEL.CLIP.TEST_TEMPLATES) at stride 4,
 refined by PAMR (MODEL.TCL.PAMR_ITERS), mixed with the frozen CLIP's own mask
@@ -28,7 +31,8 @@ from torch.nn import functional as F
 from ..clip.dense_features import dense_clip_features, dense_stride
 from ..clip.image_encoder import encode_image
 from ..clip.region_encoder import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
-from ..clip.text_encoder import clip_text_encoder
+from ..clip.text_encoder import TextEmbedder, clip_text_encoder
+from ..dense_clip.caption_phrases import batch_phrases
 from ..dense_clip.pamr import PAMR
 from ..dense_clip.tcl_grounder import TCLGrounder
 from ..dense_clip.tcl_losses import TCLCriterion
@@ -42,6 +46,8 @@ KP_SCALE = 10.0
 """Slope of that mask: ``sigmoid(KP_SCALE (cos - KP_THRESHOLD))``."""
 BACKGROUND = "background"
 """The vocabulary class that MODEL.TCL.BG_THRESH scores."""
+TEXT_UNITS = ("caption", "phrases")
+"""What TCL grounds in training (MODEL.TCL.TEXT_UNITS): whole captions (the paper) or their phrases."""
 
 
 @META_ARCH_REGISTRY.register()
@@ -58,6 +64,7 @@ class TCL(OpenVocabSegmentor):
         kp_weight: float = 0.3,
         bg_thresh: float = 0.0,
         stage_freeze_iters: int = 0,
+        text_units: str = "caption",
         **kwargs,
     ):
         """
@@ -68,10 +75,13 @@ class TCL(OpenVocabSegmentor):
             kp_weight: weight of the frozen CLIP's mask in the inference masks (0: off).
             bg_thresh: > 0: the score of the vocabulary's "background" class (the vocabulary must have one).
             stage_freeze_iters: training iterations during which the copied last stage gets no gradient.
+            text_units: "caption" (one text per image, the paper) or "phrases" (each phrase of each caption).
             kwargs: see :class:`OpenVocabSegmentor` (no backbone: the frozen CLIP is the image encoder).
         """
         if not 0.0 <= kp_weight <= 1.0:
             raise ValueError(f"MODEL.TCL.KP_WEIGHT must be in [0, 1], got {kp_weight}")
+        if text_units not in TEXT_UNITS:
+            raise ValueError(f"MODEL.TCL.TEXT_UNITS must be one of {TEXT_UNITS}, got {text_units!r}")
         self.bg_thresh = bg_thresh  # before the base constructor, whose set_vocabulary reads it
         super().__init__(**kwargs)
         self.grounder = grounder
@@ -80,7 +90,16 @@ class TCL(OpenVocabSegmentor):
         self.kp_weight = kp_weight
         self.stage_freeze_iters = stage_freeze_iters
         self.register_buffer("num_train_steps", torch.zeros((), dtype=torch.long))
+        self.text_units = text_units
         self._encode_captions = clip_text_encoder(self.clip_model)
+        # phrases repeat across batches: embedded once each, kept in memory only (a disk file per batch would pile up)
+        self._embed_phrases = TextEmbedder(
+            self.clip_model,
+            self.text_embedder.templates,
+            encode_fn=self.text_embedder.encode_fn,
+            reserved_tokens=self.text_embedder.reserved_tokens,
+            disk_cache=False,
+        )
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -117,6 +136,7 @@ class TCL(OpenVocabSegmentor):
             "kp_weight": tcl.KP_WEIGHT,
             "bg_thresh": tcl.BG_THRESH,
             "stage_freeze_iters": tcl.STAGE_FREEZE_ITERS,
+            "text_units": tcl.TEXT_UNITS,
         }
 
     def set_vocabulary(
@@ -185,21 +205,35 @@ class TCL(OpenVocabSegmentor):
         Returns:
             the weighted losses of :class:`TCLCriterion`.
         """
+        positive = None
         with torch.no_grad():
             penultimate = dense_clip_features(self.clip_model, images).penultimate
-            text = self._encode_captions(list(captions))
+            if self.text_units == "phrases":
+                phrases, positive = batch_phrases(captions)
+                positive = positive.to(images.device)
+                text = self._embed_phrases(phrases)
+            else:
+                text = self._encode_captions(list(captions))
         freeze = int(self.num_train_steps) < self.stage_freeze_iters
         embeddings = self.grounder.embed(self.clip_model, penultimate, freeze_stage=freeze)
         hard, soft = self.grounder(embeddings, text, sample=True)
-        own = torch.arange(len(captions), device=images.device)
-        own_mask = F.interpolate(hard[own, own][:, None], size=images.shape[-2:], mode="nearest")
-        masked = images * own_mask
+        own = (
+            positive.nonzero().unbind(1)
+            if positive is not None
+            else (torch.arange(len(captions), device=images.device),) * 2
+        )
+        own_mask = F.interpolate(hard[own][:, None], size=images.shape[-2:], mode="nearest")  # (P, 1, H, W)
+        masked = images[own[0]] * own_mask
         res = int(self.clip_model.visual.input_resolution)
         if tuple(masked.shape[-2:]) != (res, res):
             masked = F.interpolate(masked, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
         masked_embeddings = encode_image(self.clip_model, masked).float()
         return self.criterion(
-            embeddings=embeddings, soft_masks=soft, text=text, masked_image_embeddings=masked_embeddings
+            embeddings=embeddings,
+            soft_masks=soft,
+            text=text,
+            masked_image_embeddings=masked_embeddings,
+            positive=positive,
         )
 
     @torch.no_grad()
