@@ -49,6 +49,8 @@ for arch in zegformer two_stage; do
 done
 run single_pass_zegformer_ref python bench/bench_single_pass.py --config-file $ZF_REF --clip-arch ViT-B/16 --size 640 \
   --images 3 --warmup 1 --variant dense MODEL.CLIP.REGION_MODE dense
+run single_pass_zegformer_ref_d2timer python bench/bench_single_pass_d2timer.py --config-file $ZF_REF \
+  --clip-arch ViT-B/16 --size 640 --images 8 --variant dense MODEL.CLIP.REGION_MODE dense --order dense crops dense
 for cfg in zegformer two_stage pixel_level; do
   run training_${cfg}_toy python bench/bench_training.py --config-file configs/toy/$cfg.yaml --size 160 --iters 10
 done
