@@ -308,7 +308,8 @@ def caption_batch(n=4, size=32):
 
 
 def test_training_iterations_lower_tcl_loss(tiny_clip_path):
-    model = tiny_tcl(tiny_clip_path, "MODEL.TCL.STAGE_FREEZE_ITERS", "0").train()  # the whole grounder trains
+    # the paper's whole captions; the whole grounder trains
+    model = tiny_tcl(tiny_clip_path, "MODEL.TCL.STAGE_FREEZE_ITERS", "0", "MODEL.TCL.TEXT_UNITS", "caption").train()
     torch.manual_seed(0)
     losses = train_steps(model, caption_batch(), steps=12, lr=3e-3)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
