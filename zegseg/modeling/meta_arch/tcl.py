@@ -92,7 +92,8 @@ class TCL(OpenVocabSegmentor):
         self.register_buffer("num_train_steps", torch.zeros((), dtype=torch.long))
         self.text_units = text_units
         self._encode_captions = clip_text_encoder(self.clip_model)
-        # phrases repeat across batches: embedded once each, kept in memory only (a disk file per batch would pile up)
+        # phrases repeat across batches: embedded once each and kept in memory only (a disk file per batch would pile
+        # up), 4 D bytes per distinct phrase (2 KiB for ViT-B/16)
         self._embed_phrases = TextEmbedder(
             self.clip_model,
             self.text_embedder.templates,
