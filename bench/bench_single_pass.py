@@ -38,6 +38,8 @@ from bench_fast_mode import Mode, run_interleaved, table  # noqa: E402
 from bench_inference import build  # noqa: E402
 from common import (  # noqa: E402
     ClipProbe,
+    add_mode_arguments,
+    check_mode_arguments,
     describe_machine,
     markdown_table,
     parse_variants,
@@ -109,21 +111,13 @@ def accuracy(runs, config_file: str, weights: str, images: int, warmup: int) -> 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", default="", help="trained checkpoint; default: seeded random weights")
-    parser.add_argument("--clip-arch", default="", help="random-weight CLIP of this architecture (e.g. ViT-B/16)")
+    add_mode_arguments(parser)
     parser.add_argument("--size", type=int, default=0, help="random size x size images, timing only (0: test set)")
     parser.add_argument("--images", type=int, default=0, help="timed images (random) or test images (0: all)")
     parser.add_argument("--warmup", type=int, default=1, help="images run first, untimed")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME KEY VALUE", help="extra mode")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides for all modes")
     args = parser.parse_args(argv)
-    if not Path(args.config_file).is_file():
-        raise SystemExit(f"config file not found: {args.config_file}")
-    if args.weights and not Path(args.weights).is_file():
-        raise SystemExit(f"checkpoint not found: {args.weights}")
+    check_mode_arguments(args)
     if args.size and args.images < 1:
         raise SystemExit("--size needs --images >= 1")
     set_threads(args.threads)

@@ -43,6 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import build  # noqa: E402
 from common import (  # noqa: E402
+    add_mode_arguments,
+    check_mode_arguments,
     describe_machine,
     markdown_table,
     parse_variants,
@@ -198,22 +200,14 @@ def report(results: List[Dict], modes: Sequence[str]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", default="", help="trained checkpoint; default: seeded random weights")
-    parser.add_argument("--clip-arch", default="", help="random-weight CLIP of this architecture (e.g. ViT-B/16)")
+    add_mode_arguments(parser)
     parser.add_argument("--size", type=int, default=640, help="fake images are size x size")
     parser.add_argument("--images", type=int, default=8, help="fake images (detectron2 times all but min(5, N-1))")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME KEY VALUE", help="extra mode")
     parser.add_argument("--order", nargs="+", default=None, metavar="MODE",
                         help="modes in the order they run, repeats allowed (default: each mode once)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides for all modes")
     args = parser.parse_args(argv)
-    if not Path(args.config_file).is_file():
-        raise SystemExit(f"config file not found: {args.config_file}")
-    if args.weights and not Path(args.weights).is_file():
-        raise SystemExit(f"checkpoint not found: {args.weights}")
+    check_mode_arguments(args)
     if args.images < 2:
         raise SystemExit("--images must be >= 2 (detectron2 leaves min(5, N - 1) images untimed)")
     variants = parse_variants(args.variant, first="crops")

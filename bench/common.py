@@ -5,6 +5,7 @@ an OpenAI architecture is built with random weights and saved to a temporary fil
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import platform
 import resource
@@ -55,6 +56,25 @@ def random_clip_checkpoint(arch: str, folder: Path) -> Path:
     path = Path(folder) / f"random_{arch.replace('/', '-')}.pt"
     torch.save(clip.model.CLIP(*CLIP_ARCHS[arch]).state_dict(), path)
     return path
+
+
+def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the benches that compare modes of one model: config, weights, random CLIP, device,
+    threads, ``--variant NAME KEY VALUE ...`` (repeatable). Add ``--opts`` last (:func:`check_mode_arguments`)."""
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", default="", help="trained checkpoint; default: seeded random weights")
+    parser.add_argument("--clip-arch", default="", help="random-weight CLIP of this architecture (e.g. ViT-B/16)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME KEY VALUE", help="extra mode")
+
+
+def check_mode_arguments(args: argparse.Namespace) -> None:
+    """Stop with one line when the config file or the checkpoint of :func:`add_mode_arguments` is missing."""
+    if not Path(args.config_file).is_file():
+        raise SystemExit(f"config file not found: {args.config_file}")
+    if args.weights and not Path(args.weights).is_file():
+        raise SystemExit(f"checkpoint not found: {args.weights}")
 
 
 def set_threads(threads: int) -> None:
