@@ -44,8 +44,7 @@ def symmetric_info_nce(logits: Tensor, positive: Optional[Tensor] = None) -> Ten
     if positive is None:
         if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
             raise ValueError(f"expected a square (B, B) logit matrix, got {tuple(logits.shape)}")
-        target = torch.arange(logits.shape[0], device=logits.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        positive = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
     if positive.shape != logits.shape or not (positive.any(0).all() and positive.any(1).all()):
         raise ValueError(f"positive must be {tuple(logits.shape)} with a True in every row and column")
     weights = positive.to(logits.dtype)

@@ -206,23 +206,19 @@ class TCL(OpenVocabSegmentor):
         Returns:
             the weighted losses of :class:`TCLCriterion`.
         """
-        positive = None
         with torch.no_grad():
             penultimate = dense_clip_features(self.clip_model, images).penultimate
             if self.text_units == "phrases":
                 phrases, positive = batch_phrases(captions)
                 positive = positive.to(images.device)
                 text = self._embed_phrases(phrases)
-            else:
+            else:  # one caption per image: its own text is the diagonal
+                positive = torch.eye(len(captions), dtype=torch.bool, device=images.device)
                 text = self._encode_captions(list(captions))
         freeze = int(self.num_train_steps) < self.stage_freeze_iters
         embeddings = self.grounder.embed(self.clip_model, penultimate, freeze_stage=freeze)
         hard, soft = self.grounder(embeddings, text, sample=True)
-        own = (
-            positive.nonzero().unbind(1)
-            if positive is not None
-            else (torch.arange(len(captions), device=images.device),) * 2
-        )
+        own = positive.nonzero().unbind(1)  # (image, text) of every pair
         own_mask = F.interpolate(hard[own][:, None], size=images.shape[-2:], mode="nearest")  # (P, 1, H, W)
         masked = images[own[0]] * own_mask
         res = int(self.clip_model.visual.input_resolution)
