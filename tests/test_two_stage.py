@@ -85,9 +85,12 @@ def test_vocabulary_swap_changes_output_channels(tiny_clip_path):
         assert model([image])[0]["sem_seg"].shape == (2, 64, 64)
 
 
-@pytest.mark.parametrize("weight", [0.8, 0.3, 0.0, -1.0])
-def test_ensemble_matches_hand_computation(tiny_clip_path, weight):
-    model = tiny_two_stage(tiny_clip_path, "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", str(weight)).eval()
+@pytest.mark.parametrize("weight, mode", [(0.8, "seen_unseen"), (0.3, "seen_unseen"), (0.0, "seen_unseen"),
+                                          (-1.0, "seen_unseen"), (0.6, "all")])
+def test_ensemble_matches_hand_computation(tiny_clip_path, weight, mode):
+    model = tiny_two_stage(
+        tiny_clip_path, "MODEL.TWO_STAGE.ENSEMBLE_WEIGHT", str(weight), "MODEL.TWO_STAGE.ENSEMBLE_MODE", mode
+    ).eval()
     model.set_vocabulary(["sky", "grass", "red star"], unseen_classes=["red star"])
     g = torch.Generator().manual_seed(3)
     logits, masks = torch.randn(6, 4, generator=g), torch.randn(6, 12, 16, generator=g)
@@ -108,8 +111,9 @@ def test_ensemble_matches_hand_computation(tiny_clip_path, weight):
     w = weight
     if w > 0:
         p_clip[~valid] = 1.0  # an empty mask: CLIP abstains
-        sky = p_mf[:, 0] ** w * p_clip[:, 0] ** (1 - w)  # seen: the proposal classifier gets weight w
-        grass = p_mf[:, 1] ** w * p_clip[:, 1] ** (1 - w)
+        seen_w = w if mode == "seen_unseen" else 1 - w  # "all": every class as unseen, CLIP gets weight w
+        sky = p_mf[:, 0] ** seen_w * p_clip[:, 0] ** (1 - seen_w)  # seen: the proposal classifier gets weight w
+        grass = p_mf[:, 1] ** seen_w * p_clip[:, 1] ** (1 - seen_w)
         red_star = p_mf[:, 2] ** (1 - w) * p_clip[:, 2] ** w  # unseen: CLIP gets weight w
         expected_p = torch.stack([sky, grass, red_star], dim=1)
     else:
@@ -167,6 +171,11 @@ def test_simple_baseline_crop_procedure_feeds_clip_the_official_crops(tiny_clip_
         tiny_two_stage(tiny_clip_path, "MODEL.CLIP.CROP_PROCEDURE", "simple_baseline", "MODEL.CLIP.CROP_STYLE", "mask")
     with pytest.raises(ValueError, match="abstain"):
         tiny_two_stage(tiny_clip_path, "MODEL.CLIP.CROP_PROCEDURE", "zegformer")
+
+
+def test_unknown_ensemble_mode_is_refused_at_build(tiny_clip_path):
+    with pytest.raises(ValueError, match="unknown ensemble mode 'clip'; known: seen_unseen, all"):
+        tiny_two_stage(tiny_clip_path, "MODEL.TWO_STAGE.ENSEMBLE_MODE", "clip")
 
 
 def test_checkpoint_excludes_clip_and_round_trips(tiny_clip_path):

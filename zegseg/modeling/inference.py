@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["ENSEMBLE_MODES", "calibrate", "ensemble_logits", "ensemble_probs", "semantic_inference"]
+__all__ = [
+    "ENSEMBLE_MODES", "calibrate", "check_ensemble_mode", "ensemble_logits", "ensemble_probs", "semantic_inference"
+]
 
 ENSEMBLE_MODES = ("seen_unseen", "all")
 
@@ -37,6 +39,13 @@ def semantic_inference(mask_cls: Tensor, mask_pred: Tensor, *, cls_probs: bool =
     """
     probs = mask_cls if cls_probs else F.softmax(mask_cls, dim=-1)[..., :-1]
     return torch.einsum("...qc,...qhw->...chw", probs, mask_pred.sigmoid())
+
+
+def check_ensemble_mode(mode: str) -> str:
+    """Return ``mode`` if it is one of :data:`ENSEMBLE_MODES`, else raise a ValueError naming the known ones."""
+    if mode not in ENSEMBLE_MODES:
+        raise ValueError(f"unknown ensemble mode {mode!r}; known: {', '.join(ENSEMBLE_MODES)}")
+    return mode
 
 
 def ensemble_probs(
@@ -64,8 +73,7 @@ def ensemble_probs(
     Returns:
         (..., Q, K) ensembled scores (not renormalised).
     """
-    if mode not in ENSEMBLE_MODES:
-        raise ValueError(f"unknown ensemble mode {mode!r}; known: {', '.join(ENSEMBLE_MODES)}")
+    check_ensemble_mode(mode)
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"ensemble weight must lie in [0, 1], got {lam}")
     if p_seg.shape != p_clip.shape or unseen.shape != p_seg.shape[-1:]:

@@ -9,7 +9,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
-from ..inference import ensemble_probs
+from ..inference import check_ensemble_mode, ensemble_probs
 from ..mask_classification import MaskClassificationSegmentor
 
 __all__ = ["TwoStageCLIP"]
@@ -28,20 +28,22 @@ class TwoStageCLIP(MaskClassificationSegmentor):
     the same text embeddings, softmax over the K classes). The crop procedure (MODEL.CLIP.CROP_PROCEDURE) is the
     official code's ``simple_baseline`` (integer boxes, bicubic resize) or zegseg's ``roi_align``; both skip
     empty masks, on which CLIP abstains. The two distributions are ensembled with weight w: seen classes
-    ``p_mf^w · p_clip^(1-w)``, unseen classes ``p_mf^(1-w) · p_clip^w``; with ``w <= 0`` CLIP's distribution is
-    used alone. The per-proposal distributions are assembled into a per-pixel semantic map.
+    ``p_mf^w · p_clip^(1-w)``, unseen classes ``p_mf^(1-w) · p_clip^w`` (zegseg option MODEL.TWO_STAGE.ENSEMBLE_MODE
+    "all": the unseen-class rule for every class); with ``w <= 0`` CLIP's distribution is used alone. The
+    per-proposal distributions are assembled into a per-pixel semantic map.
 
     Text embeddings come from prompt templates (MODEL.CLIP.TEMPLATES) or learned prompts (file named by
     MODEL.CLIP.PROMPT_LEARNER.WEIGHTS, trained by :class:`~zegseg.modeling.meta_arch.PromptLearnerCLIP`).
     """
 
     @configurable
-    def __init__(self, *, ensemble_weight: float = 0.8, **kwargs):
+    def __init__(self, *, ensemble_weight: float = 0.8, ensemble_mode: str = "seen_unseen", **kwargs):
         """
         Args:
             ensemble_weight: w in [0, 1] (see above; the λ of :func:`zegseg.modeling.inference.ensemble_probs`);
                 ``w <= 0`` → CLIP's probabilities only. A proposal whose mask is empty gets CLIP probability 1
                 for every class in the ensemble and weight 0 in CLIP-only mode: it does not vote.
+            ensemble_mode: "seen_unseen" (the paper's rule) or "all" (w towards CLIP for every class).
             kwargs: see :class:`MaskClassificationSegmentor` (``region_classifier`` is required here) and
                 :class:`OpenVocabSegmentor`.
         """
@@ -51,6 +53,7 @@ class TwoStageCLIP(MaskClassificationSegmentor):
         if ensemble_weight > 1.0:
             raise ValueError(f"ensemble weight must be <= 1 (<= 0: CLIP only), got {ensemble_weight}")
         self.ensemble_weight = ensemble_weight
+        self.ensemble_mode = check_ensemble_mode(ensemble_mode)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -68,6 +71,7 @@ class TwoStageCLIP(MaskClassificationSegmentor):
             ),
             "semantic_hidden_dim": ts.EMBED_HIDDEN_DIM,
             "ensemble_weight": ts.ENSEMBLE_WEIGHT,
+            "ensemble_mode": ts.ENSEMBLE_MODE,
         }
 
     @property
@@ -89,11 +93,15 @@ class TwoStageCLIP(MaskClassificationSegmentor):
         if self.clip_only:
             return p_clip * valid[:, None].to(p_clip)
         p_mf = logits.softmax(-1)[:, :-1]
-        return ensemble_probs(p_mf, p_clip, self.test_unseen_mask, self.ensemble_weight, clip_valid=valid)
+        return ensemble_probs(
+            p_mf, p_clip, self.test_unseen_mask, self.ensemble_weight, mode=self.ensemble_mode, clip_valid=valid
+        )
 
     def class_prob_bound(self, logits: Tensor) -> Tensor:
         """(Q, K + 1) → (Q, K): the ensemble with CLIP probabilities 1 (CLIP only: 1)."""
         probs = logits.softmax(-1)[:, :-1]
         if self.clip_only:
             return torch.ones_like(probs)
-        return ensemble_probs(probs, torch.ones_like(probs), self.test_unseen_mask, self.ensemble_weight)
+        return ensemble_probs(
+            probs, torch.ones_like(probs), self.test_unseen_mask, self.ensemble_weight, mode=self.ensemble_mode
+        )

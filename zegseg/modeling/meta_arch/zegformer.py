@@ -8,7 +8,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
-from ..inference import calibrate, ensemble_logits, ensemble_probs
+from ..inference import calibrate, check_ensemble_mode, ensemble_logits, ensemble_probs
 from ..mask_classification import MaskClassificationSegmentor
 
 __all__ = ["ZegFormer"]
@@ -52,7 +52,7 @@ class ZegFormer(MaskClassificationSegmentor):
         """
         super().__init__(**kwargs)
         self.ensemble_lambda = ensemble_lambda
-        self.ensemble_mode = ensemble_mode
+        self.ensemble_mode = check_ensemble_mode(ensemble_mode)
         self.mean_seen_clip = mean_seen_clip
         self.calibration_gamma = calibration_gamma
         self.clip_no_object = clip_no_object
