@@ -114,6 +114,7 @@ def test_two_stage_inference(cfg):
     assert clip.AMP is False and cfg.TEST.AMP is False  # fp32 (the official loader casts CLIP to fp32)
     assert clip.HALF_ON_GPU is False
     assert cfg.MODEL.TWO_STAGE.ENSEMBLE_WEIGHT == 0.8  # CLIP_ENSEMBLE_WEIGHT (add_our_config default)
+    assert cfg.MODEL.TWO_STAGE.ENSEMBLE_MODE == "seen_unseen"  # trained (seen) classes get w, the others 1 - w
     assert cfg.TEST.RESIZE_MASKS_FIRST is False  # the class map is built, then resized to the output
     assert clip.FAST_MODE.ENABLED is False
     assert cfg.TEST.VOCABULARY == [] and cfg.TEST.UNSEEN_CLASSES == []
