@@ -13,8 +13,9 @@ training mapper (``mask_former_semantic``): per image "image" (3, H, W) uint8, "
 "instances" with ``gt_classes`` (G,) int64 (sorted, distinct) and ``gt_masks`` (G, H, W) bool; images are padded
 to INPUT.SIZE_DIVISIBILITY as the mapper does (zeros, ignore label). The labels are a seeded random partition of
 the crop into 4-8 Voronoi regions, each a distinct training (seen) class. A timed iteration is forward, sum of the
-losses, backward and optimizer step (under autocast with a gradient scaler when SOLVER.AMP.ENABLED on CUDA, as
-the trainer); batches are made outside the timer.
+losses, backward and optimizer step (under autocast with a gradient scaler when SOLVER.AMP.ENABLED on CUDA, or
+under bfloat16 autocast when SOLVER.AMP.CPU_BFLOAT16 is also set on CPU, as the trainer); batches are made outside
+the timer.
 
 ``--clip-arch`` builds a CLIP of that OpenAI architecture with random weights (no download), needed for the
 COCO-Stuff configs whose CLIP weights are not on disk; the toy configs use the shipped ToyCLIP. The inference
@@ -92,10 +93,17 @@ def synthetic_image(size: int, num_classes: int, ignore_label: int, size_divisib
     return {"image": image, "sem_seg": sem_seg, "instances": instances, "height": size, "width": size}
 
 
-def train_step(model, optimizer, batch: List[Dict], scaler) -> float:
-    """detectron2's SimpleTrainer / AMPTrainer step (without its metrics); returns the total loss."""
+def train_step(model, optimizer, batch: List[Dict], scaler, cpu_bf16: bool = False) -> float:
+    """detectron2's SimpleTrainer / AMPTrainer step, or zegseg's CPUAutocastTrainer step with ``cpu_bf16`` (without
+    their metrics); returns the total loss."""
     amp = scaler is not None
-    with torch.autocast(device_type="cuda", dtype=torch.float16) if amp else nullcontext():
+    if amp:
+        autocast = torch.autocast(device_type="cuda", dtype=torch.float16)
+    elif cpu_bf16:
+        autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    else:
+        autocast = nullcontext()
+    with autocast:
         loss_dict = model(batch)
         losses = loss_dict if isinstance(loss_dict, torch.Tensor) else sum(loss_dict.values())
     optimizer.zero_grad()
@@ -165,7 +173,9 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
         raise SystemExit(f"{cfg.DATASETS.TRAIN[0]} has no classes to train on")
     ignore_label = int(getattr(meta, "ignore_label", 255))
     use_amp = cfg.SOLVER.AMP.ENABLED and device.type == "cuda"
+    cpu_bf16 = cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.CPU_BFLOAT16 and device.type == "cpu"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    precision = "float16 AMP" if use_amp else "bfloat16 autocast" if cpu_bf16 else "off"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     g = torch.Generator().manual_seed(args.seed)
 
@@ -174,7 +184,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
                 for _ in range(batch_size)]
 
     for i in range(args.warmup):
-        train_step(model, optimizer, make_batch(), scaler)
+        train_step(model, optimizer, make_batch(), scaler, cpu_bf16)
         print(f"[bench_training] warm-up {i + 1}/{args.warmup} done", file=sys.stderr, flush=True)
     synchronize(device)
     reset_peak_memory(device)
@@ -183,7 +193,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
         batch = make_batch()
         synchronize(device)
         start = time.perf_counter()
-        loss = train_step(model, optimizer, batch, scaler)
+        loss = train_step(model, optimizer, batch, scaler, cpu_bf16)
         synchronize(device)
         elapsed += time.perf_counter() - start
         print(f"[bench_training] iteration {i + 1}/{args.iters}: {elapsed / (i + 1):.2f} s/iter",
@@ -195,7 +205,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     print(f"\n{describe_machine(device)}")
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"{cfg.MODEL.META_ARCHITECTURE} | {num_classes} training classes | {trainable / 1e6:.1f}M trainable "
-          f"parameters | optimizer {cfg.SOLVER.OPTIMIZER} | AMP {'on' if use_amp else 'off'} | "
+          f"parameters | optimizer {cfg.SOLVER.OPTIMIZER} | AMP {precision} | "
           f"{args.warmup} warm-up + {args.iters} timed iterations | peak memory: "
           f"{'CUDA allocated, timed iterations' if device.type == 'cuda' else 'process RSS'}\n")
     header = ["config", "batch", "size", "input (padded)", "s/iter", "iters/s", "images/s", "peak GiB", "last loss"]

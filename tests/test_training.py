@@ -4,13 +4,14 @@ import json
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.engine import launch
+from detectron2.engine import AMPTrainer, SimpleTrainer, launch
 from detectron2.utils import comm
 
 import zegseg  # noqa: F401
 from zegseg.data.datasets.register_toy import register_all_toy
 from zegseg.data.toy.generate import generate_toy_world
 from zegseg.engine import ZegsegTrainer
+from zegseg.engine.cpu_autocast import CPUAutocastTrainer
 from zegseg.engine.setup_config import load_config
 
 from .test_zegformer import TINY
@@ -117,3 +118,45 @@ def test_short_toy_training_raises_seen_miou(mini_toy_root, tmp_path):
     trainer.train()
     after = ZegsegTrainer.test(cfg, trainer.model)["sem_seg"]["mIoU-seen"]
     assert after > before + 3.0, (before, after)
+
+
+@pytest.mark.parametrize("amp, cpu_bf16, device, loop", [
+    ("False", "True", "cpu", SimpleTrainer),
+    ("True", "False", "cpu", SimpleTrainer),  # warned: CPU AMP needs SOLVER.AMP.CPU_BFLOAT16
+    ("True", "True", "cpu", CPUAutocastTrainer),
+    ("True", "True", "cuda", AMPTrainer),
+])
+def test_training_loop_follows_amp_keys_and_device(mini_toy_root, tiny_clip_path, tmp_path, amp, cpu_bf16, device,
+                                                   loop):
+    cfg = mini_cfg(mini_toy_root, tiny_clip_path, tmp_path, "SOLVER.AMP.ENABLED", amp,
+                   "SOLVER.AMP.CPU_BFLOAT16", cpu_bf16)
+    cfg.defrost()
+    cfg.MODEL.DEVICE = device
+    assert ZegsegTrainer.training_loop(cfg) is loop
+
+
+def test_cpu_bfloat16_training_runs_convolutions_in_bf16_keeps_fp32_weights(mini_toy_root, tiny_clip_path,
+                                                                           tmp_path):
+    cfg = mini_cfg(mini_toy_root, tiny_clip_path, tmp_path / "out", "SOLVER.AMP.ENABLED", "True",
+                   "SOLVER.AMP.CPU_BFLOAT16", "True")
+    trainer = ZegsegTrainer(cfg)
+    assert isinstance(trainer._trainer, CPUAutocastTrainer)
+    conv_dtypes = []
+    conv = next(m for m in trainer.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: conv_dtypes.append(output.dtype))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert conv_dtypes[:3] == [torch.bfloat16] * 3  # one training forward per iteration, under autocast
+    assert set(conv_dtypes[3:]) <= {torch.float32}  # the evaluation at the end of training (if any) is float32
+    params = dict(trainer.model.named_parameters())
+    assert all(params[n].dtype == torch.float32 for n in before)
+    assert any(not torch.equal(params[n], p) for n, p in before.items())  # the optimizer stepped
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()]
+    losses = [r["total_loss"] for r in records if "total_loss" in r]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))  # logged by detectron2's writers (the last step)
+    model = trainer.model.eval()  # inference stays float32 outside the training step
+    conv_dtypes.clear()
+    with torch.no_grad():
+        model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 64, "width": 64}])
+    assert conv_dtypes == [torch.float32]

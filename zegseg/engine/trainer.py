@@ -19,6 +19,7 @@ from ..data.dataset_mappers import build_train_mapper
 from ..data.segment_samples import build_train_dataset
 from ..evaluation import build_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
+from .cpu_autocast import CPUAutocastTrainer
 from .metrics_writer import ResumableJSONWriter
 from .setup_config import ConfigError
 
@@ -38,7 +39,8 @@ class ZegsegTrainer(DefaultTrainer):
     """detectron2's trainer with zegseg's data, evaluation and solver; runs multi-process on CPU too."""
 
     def __init__(self, cfg: CfgNode):
-        # DefaultTrainer.__init__ with two changes: DDP works for CPU models, and AMP only where CUDA is.
+        # DefaultTrainer.__init__ with two changes: DDP works for CPU models, and AMP is float16 with a gradient
+        # scaler on CUDA (detectron2's AMPTrainer), bfloat16 autocast on CPU if SOLVER.AMP.CPU_BFLOAT16, else off.
         super(DefaultTrainer, self).__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -47,10 +49,7 @@ class ZegsegTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = _wrap_ddp(model)
-        use_amp = cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda")
-        if cfg.SOLVER.AMP.ENABLED and not use_amp:
-            logger.warning("SOLVER.AMP.ENABLED is ignored on CPU: training in fp32")
-        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = self.training_loop(cfg)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # MODEL.WEIGHTS initialises training (may be partial, e.g. an ImageNet backbone); resuming needs all weights
         self.checkpointer = ZegsegCheckpointer(
@@ -64,6 +63,19 @@ class ZegsegTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @staticmethod
+    def training_loop(cfg: CfgNode) -> type:
+        """The detectron2 trainer class that runs the steps: AMPTrainer (float16, CUDA), CPUAutocastTrainer
+        (bfloat16, CPU, SOLVER.AMP.CPU_BFLOAT16) or SimpleTrainer (float32)."""
+        if not cfg.SOLVER.AMP.ENABLED:
+            return SimpleTrainer
+        if cfg.MODEL.DEVICE.startswith("cuda"):
+            return AMPTrainer
+        if cfg.SOLVER.AMP.CPU_BFLOAT16:
+            return CPUAutocastTrainer
+        logger.warning("SOLVER.AMP.ENABLED is ignored on CPU without SOLVER.AMP.CPU_BFLOAT16: training in fp32")
+        return SimpleTrainer
 
     def build_writers(self):
         """detectron2's writers, with a metrics.json that holds each iteration once across resumes."""
