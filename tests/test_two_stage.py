@@ -112,7 +112,7 @@ def test_ensemble_matches_hand_computation(tiny_clip_path, weight, mode):
     if w > 0:
         p_clip[~valid] = 1.0  # an empty mask: CLIP abstains
         seen_w = w if mode == "seen_unseen" else 1 - w  # "all": every class as unseen, CLIP gets weight w
-        sky = p_mf[:, 0] ** seen_w * p_clip[:, 0] ** (1 - seen_w)  # seen: the proposal classifier gets weight w
+        sky = p_mf[:, 0] ** seen_w * p_clip[:, 0] ** (1 - seen_w)  # seen: the proposal classifier gets seen_w
         grass = p_mf[:, 1] ** seen_w * p_clip[:, 1] ** (1 - seen_w)
         red_star = p_mf[:, 2] ** (1 - w) * p_clip[:, 2] ** w  # unseen: CLIP gets weight w
         expected_p = torch.stack([sky, grass, red_star], dim=1)
