@@ -3,6 +3,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
+from torch import nn
 from torch.nn import functional as F
 
 import zegseg  # noqa: F401
@@ -70,6 +71,16 @@ def test_proposal_embedding_mlp_and_classifier(tiny_clip_path):
     logits = model.text_classifier(emb, text)
     bg = F.normalize(model.text_classifier.no_object_embedding.detach(), dim=0)
     torch.testing.assert_close(logits, 100 * torch.cat([emb @ text.T, (emb @ bg)[..., None]], dim=-1))
+
+
+def test_linear_proposal_embedding_option_and_toy_config(tiny_clip_path):
+    model = tiny_two_stage(tiny_clip_path, "MODEL.TWO_STAGE.EMBED_HIDDEN_DIM", "0")
+    assert type(model.semantic_proj) is nn.Linear  # ZegFormer's projection (zegseg option)
+    assert (model.semantic_proj.in_features, model.semantic_proj.out_features) == (32, 32)
+    emb = model.semantic_proj(torch.randn(2, 5, 32))
+    assert emb.shape == (2, 5, 32)
+    # the toy config uses it; the reference config keeps the paper's MLP (test_reference_configs_two_stage.py)
+    assert load_config("configs/toy/two_stage.yaml").MODEL.TWO_STAGE.EMBED_HIDDEN_DIM == 0
 
 
 def test_vocabulary_swap_changes_output_channels(tiny_clip_path):

@@ -135,7 +135,7 @@ def _add_meta_arch_config(cfg: CN) -> None:
 
     cfg.MODEL.TWO_STAGE = CN()
     cfg.MODEL.TWO_STAGE.LOGIT_SCALE = 100.0  # proposal logits: this times cos(proposal, text) (+ "no object")
-    cfg.MODEL.TWO_STAGE.EMBED_HIDDEN_DIM = 1024  # hidden width of the two-layer MLP from queries to CLIP's space
+    cfg.MODEL.TWO_STAGE.EMBED_HIDDEN_DIM = 1024  # hidden width of the 2-layer MLP, queries to CLIP's space; 0: linear
     cfg.MODEL.TWO_STAGE.ENSEMBLE_WEIGHT = 0.8  # w: seen p_mf^w p_clip^(1-w), unseen p_mf^(1-w) p_clip^w; <=0: CLIP only
     cfg.MODEL.TWO_STAGE.ENSEMBLE_MODE = "seen_unseen"  # seen_unseen (paper's rule) | all (every class as unseen)
 

@@ -20,7 +20,8 @@ class TwoStageCLIP(MaskClassificationSegmentor):
     """Mask proposals, then a frozen CLIP classifies each proposal's crop.
 
     Stage 1 (trained on seen classes): a MaskFormer-style network proposes N class-agnostic masks; each query
-    embedding passes a two-layer MLP into CLIP's space and is classified by ``logit_scale · cos`` against the
+    embedding passes a two-layer MLP (hidden width MODEL.TWO_STAGE.EMBED_HIDDEN_DIM; 0: one linear layer, as
+    ZegFormer's, a zegseg option) into CLIP's space and is classified by ``logit_scale · cos`` against the
     text embeddings of the vocabulary plus a learnable, L2-normalised "no object" embedding (CE + focal + dice,
     Hungarian matching). Stage 2 (inference only): each proposal's mask (``sigmoid > MODEL.CLIP.MASK_THRESHOLD``)
     gives a box (scaled by MODEL.CLIP.CROP_EXPAND_RATIO), the crop's outside-mask pixels take CLIP's mean colour,
