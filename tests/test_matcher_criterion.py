@@ -141,6 +141,38 @@ def test_matcher_handles_images_without_targets():
     assert len(q1) == len(t1) == 1
 
 
+@pytest.mark.parametrize("ignore_unlabeled", [False, True])
+def test_batch_costs_equal_per_image_cost_matrices(ignore_unlabeled):
+    # images with 3, 0 and 1 targets: one batched computation, padded columns, the same costs as image by image
+    gen = torch.Generator().manual_seed(3)
+    matcher = HungarianMatcher(cost_class=2.0, cost_mask=20.0, cost_dice=0.5, ignore_unlabeled=ignore_unlabeled)
+    logits = torch.randn(3, 5, 4, generator=gen)
+    masks = torch.randn(3, 5, 6, 7, generator=gen) * 3
+    targets = [_labeled_target([2, 0, 2], _random_masks(3, 12, 14, gen)), _labeled_target([], torch.zeros(0, 12, 14)),
+               _labeled_target([1], _random_masks(1, 12, 14, gen))]
+    prepared = matcher.prepare_targets(targets, (6, 7), masks.device)
+    assert prepared.counts == [3, 0, 1] and prepared.masks.shape == (3, 3, 42) and prepared.labels.shape == (3, 3)
+    costs = matcher.batch_costs(logits, masks, prepared)
+    assert costs.shape == (3, 5, 3)
+    for b, t in enumerate(targets):
+        labeled = t["labeled"] if ignore_unlabeled else None
+        expected = matcher.cost_matrix(logits[b], masks[b], t["labels"], t["masks"], labeled)
+        torch.testing.assert_close(costs[b, :, : len(t["labels"])], expected, rtol=1e-6, atol=1e-6)
+    if not ignore_unlabeled:  # the per-image cost against the elementwise losses (test above)
+        t = targets[0]
+        expected = _naive_cost(logits[0], masks[0], t["labels"], t["masks"], 2.0, 20.0, 0.5, 0.25, 2.0)
+        torch.testing.assert_close(costs[0], expected, rtol=1e-5, atol=1e-5)
+    assert matcher(logits, masks, targets, prepared)[1][0].numel() == 0
+    with pytest.raises(ValueError, match="grid"):
+        matcher.batch_costs(logits, masks[..., :5], prepared)
+
+
+def test_matcher_labelled_pixels_need_labeled_maps():
+    matcher = HungarianMatcher(ignore_unlabeled=True)
+    with pytest.raises(ValueError, match="'labeled'"):
+        matcher(torch.randn(1, 3, 3), torch.randn(1, 3, 4, 4), [_target([0], torch.ones(1, 4, 4))])
+
+
 def test_matcher_errors():
     matcher = HungarianMatcher()
     masks = torch.randn(1, 3, 4, 4)
@@ -186,6 +218,24 @@ def test_criterion_keys_finite_and_gradients():
     for out in [outputs, *outputs["aux_outputs"]]:
         assert out["pred_logits"].grad.abs().sum() > 0
         assert out["pred_masks"].grad.abs().sum() > 0
+
+
+def test_criterion_prepares_targets_once_for_all_layers(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    outputs = _outputs(2, 4, 3, 8, 8, num_aux=2, gen=gen)
+    targets = [_target([0, 2], _random_masks(2, 32, 32, gen)), _target([1], _random_masks(1, 32, 32, gen))]
+    criterion = _criterion()
+    expected = criterion(outputs, targets)
+    calls = []
+    prepare = criterion.matcher.prepare_targets
+    monkeypatch.setattr(criterion.matcher, "prepare_targets", lambda *a, **k: calls.append(a[1]) or prepare(*a, **k))
+    losses = criterion(outputs, targets)
+    assert calls == [(8, 8)]  # three decoder layers, one grid
+    assert all(torch.equal(losses[k], expected[k]) for k in expected)
+    outputs["aux_outputs"][0]["pred_masks"] = torch.randn(2, 4, 4, 4, generator=gen)  # a coarser layer
+    calls.clear()
+    criterion(outputs, targets)
+    assert calls == [(8, 8), (4, 4)]
 
 
 def test_criterion_without_deep_supervision_ignores_aux():

@@ -11,7 +11,7 @@ from fvcore.nn import sigmoid_focal_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .matcher import HungarianMatcher
+from .matcher import HungarianMatcher, MatchTargets
 
 __all__ = ["SetCriterion", "dice_loss"]
 
@@ -132,10 +132,11 @@ class SetCriterion(nn.Module):
         if len(sizes) > 1:
             raise ValueError(f"target masks of one batch must share one (H, W) (pad them); got sizes {sorted(sizes)}")
         num_masks = self._num_masks(targets, outputs["pred_masks"].device)
-        losses = self._losses(outputs, targets, num_masks, suffix="")
+        prepared: Dict[Tuple[int, int], MatchTargets] = {}  # targets on each prediction grid, for every layer
+        losses = self._losses(outputs, targets, num_masks, prepared, suffix="")
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                losses.update(self._losses(aux, targets, num_masks, suffix=f"_{i}"))
+                losses.update(self._losses(aux, targets, num_masks, prepared, suffix=f"_{i}"))
         return losses
 
     @staticmethod
@@ -148,11 +149,19 @@ class SetCriterion(nn.Module):
         return (num / world_size).clamp(min=1.0)
 
     def _losses(
-        self, outputs: Dict[str, Tensor], targets: Sequence[Dict[str, Tensor]], num_masks: Tensor, suffix: str
+        self,
+        outputs: Dict[str, Tensor],
+        targets: Sequence[Dict[str, Tensor]],
+        num_masks: Tensor,
+        prepared: Dict[Tuple[int, int], MatchTargets],
+        suffix: str,
     ) -> Dict[str, Tensor]:
         pred_logits = outputs.get("pred_logits") if self.class_loss or self.matcher.cost_class != 0 else None
         pred_masks = outputs["pred_masks"]
-        indices = self.matcher(pred_logits, pred_masks, targets)
+        size = tuple(pred_masks.shape[-2:])
+        if size not in prepared:
+            prepared[size] = self.matcher.prepare_targets(targets, size, pred_masks.device)
+        indices = self.matcher(pred_logits, pred_masks, targets, prepared[size])
         batch_idx, query_idx = self._flat_query_indices(indices, pred_masks.device)
         losses: Dict[str, Tensor] = {}
         if self.class_loss:

@@ -1,6 +1,7 @@
 """Hungarian matching of predicted segments (class logits + mask logits) to ground-truth segments."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -9,19 +10,22 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["HungarianMatcher", "pairwise_dice_cost", "pairwise_sigmoid_focal_cost"]
+__all__ = ["HungarianMatcher", "MatchTargets", "pairwise_dice_cost", "pairwise_sigmoid_focal_cost"]
 
 
-def pairwise_sigmoid_focal_cost(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+def pairwise_sigmoid_focal_cost(
+    inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, weights: Optional[Tensor] = None
+) -> Tensor:
     """Mean per-pixel sigmoid focal loss of every prediction against every target, by two matrix products.
 
     Args:
-        inputs: (N, P) mask logits.
-        targets: (M, P) binary masks (float).
+        inputs: (..., N, P) mask logits (leading dimensions: a batch of images).
+        targets: (..., M, P) binary masks (float).
         alpha: weight of positive pixels (negatives get ``1 - alpha``); ``alpha < 0`` disables the weighting.
         gamma: focusing exponent.
+        weights: optional (..., P) 0/1 pixel weights; the mean is then over the pixels of weight 1.
     Returns:
-        (N, M) costs; entry (n, m) equals ``sigmoid_focal_loss(inputs[n], targets[m]).mean()``.
+        (..., N, M) costs; entry (n, m) equals ``sigmoid_focal_loss(inputs[n], targets[m]).mean()``.
     """
     prob = inputs.sigmoid()
     # BCE-with-logits against all-ones / all-zeros targets: -log(p) = softplus(-x), -log(1 - p) = softplus(x)
@@ -30,23 +34,52 @@ def pairwise_sigmoid_focal_cost(inputs: Tensor, targets: Tensor, alpha: float = 
     if alpha >= 0:
         focal_pos = focal_pos * alpha
         focal_neg = focal_neg * (1 - alpha)
-    cost = focal_pos @ targets.T + focal_neg @ (1 - targets).T
-    return cost / inputs.shape[1]
+    if weights is not None:
+        focal_pos = focal_pos * weights[..., None, :]
+        focal_neg = focal_neg * weights[..., None, :]
+    cost = focal_pos @ targets.transpose(-1, -2) + focal_neg @ (1 - targets).transpose(-1, -2)
+    if weights is None:
+        return cost / inputs.shape[-1]
+    return cost / weights.sum(-1)[..., None, None]
 
 
-def pairwise_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
+def pairwise_dice_cost(inputs: Tensor, targets: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     """Dice loss (with +1 smoothing) of every prediction against every target.
 
     Args:
-        inputs: (N, P) mask logits.
-        targets: (M, P) binary masks (float).
+        inputs: (..., N, P) mask logits (leading dimensions: a batch of images).
+        targets: (..., M, P) binary masks (float), zero where ``weights`` is.
+        weights: optional (..., P) 0/1 pixel weights; only pixels of weight 1 count.
     Returns:
-        (N, M) costs ``1 - (2 |p ∩ t| + 1) / (|p| + |t| + 1)`` with ``p = sigmoid(inputs)``.
+        (..., N, M) costs ``1 - (2 |p ∩ t| + 1) / (|p| + |t| + 1)`` with ``p = sigmoid(inputs)``.
     """
     prob = inputs.sigmoid()
-    numerator = 2 * (prob @ targets.T)
-    denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    if weights is not None:
+        prob = prob * weights[..., None, :]
+    numerator = 2 * (prob @ targets.transpose(-1, -2))
+    denominator = prob.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
+
+
+@dataclass
+class MatchTargets:
+    """One batch's targets on the prediction grid, padded to the batch's largest segment count G.
+
+    Built once per batch by :meth:`HungarianMatcher.prepare_targets` and shared by every decoder layer's matching.
+
+    Attributes:
+        labels: (B, G) int64 class ids (padding: 0).
+        masks: (B, G, P) float32 binary masks resized (nearest) to the (h, w) grid, P = h * w (padding: 0).
+        counts: the B numbers of real segments.
+        size: the grid (h, w).
+        pixel_weights: (B, P) float32, 1 on the pixels that enter the mask costs (``ignore_unlabeled``), or None.
+    """
+
+    labels: Tensor
+    masks: Tensor
+    counts: List[int]
+    size: Tuple[int, int]
+    pixel_weights: Optional[Tensor] = None
 
 
 class HungarianMatcher(nn.Module):
@@ -103,7 +136,85 @@ class HungarianMatcher(nn.Module):
             "ignore_unlabeled": crit.IGNORE_UNLABELED,
         }
 
+    def prepare_targets(
+        self,
+        targets: Sequence[Dict[str, Tensor]],
+        size: Tuple[int, int],
+        device: torch.device,
+        use_labeled: Optional[bool] = None,
+    ) -> MatchTargets:
+        """Resize (nearest) and pad one batch's target masks to the prediction grid ``size`` for matching.
+
+        Args:
+            targets: B dicts with "labels": (G_b,) long and "masks": (G_b, H, W) binary; with ``use_labeled``
+                also "labeled": (H, W) bool.
+            size: the prediction grid (h, w).
+            device: where the predictions are.
+            use_labeled: restrict the mask costs to each target's "labeled" pixels (None: ``ignore_unlabeled``).
+        """
+        if use_labeled is None:
+            use_labeled = self.ignore_unlabeled
+        if use_labeled and any("labeled" not in t for t in targets):
+            raise ValueError("matching on labelled pixels only needs every target's 'labeled' map")
+        counts = [int(t["labels"].shape[0]) for t in targets]
+        b, g = len(targets), max(counts, default=0)
+        h, w = int(size[0]), int(size[1])
+        labels = torch.zeros((b, g), dtype=torch.int64, device=device)
+        masks = torch.zeros((b, g, h * w), dtype=torch.float32, device=device)
+        for i, (t, n) in enumerate(zip(targets, counts)):
+            if n:
+                labels[i, :n] = t["labels"].to(device)
+                tgt = t["masks"].to(device=device, dtype=torch.float32)[:, None]
+                masks[i, :n] = F.interpolate(tgt, size=(h, w), mode="nearest").flatten(1)
+        weights = None
+        if use_labeled:
+            labeled = torch.stack([t["labeled"] for t in targets]).to(device=device, dtype=torch.float32)[:, None]
+            weights = F.interpolate(labeled, size=(h, w), mode="nearest").flatten(1)
+            # an image whose labelled pixels all vanish in the resize (a tiny target) keeps every pixel
+            weights[weights.sum(1) == 0] = 1.0
+        return MatchTargets(labels, masks, counts, (h, w), weights)
+
     @torch.no_grad()
+    def batch_costs(self, logits: Tensor | None, masks: Tensor, targets: MatchTargets) -> Tensor:
+        """Matching costs of a batch, every image at once.
+
+        Args:
+            logits: (B, Q, K + 1) class logits, last column "no object"; may be ``None`` when ``cost_class`` is 0.
+            masks: (B, Q, h, w) mask logits on the grid of ``targets``.
+            targets: from :meth:`prepare_targets`.
+        Returns:
+            (B, Q, G) float32 costs; image b's real ones are ``[b, :, :targets.counts[b]]``.
+        Raises:
+            ValueError: a label outside [0, K), or logits missing while ``cost_class`` is non-zero.
+        """
+        if tuple(masks.shape[-2:]) != targets.size:
+            raise ValueError(f"predictions on a {tuple(masks.shape[-2:])} grid, targets prepared for {targets.size}")
+        b, q, g = masks.shape[0], masks.shape[1], targets.labels.shape[1]
+        cost = masks.new_zeros((b, q, g), dtype=torch.float32)
+        if g == 0:
+            return cost
+        if self.cost_class != 0:
+            if logits is None:
+                raise ValueError("the class cost needs pred_logits; build the matcher with cost_class=0 without them")
+            num_classes = logits.shape[-1] - 1
+            for n, labels in zip(targets.counts, targets.labels):
+                if n and (int(labels[:n].min()) < 0 or int(labels[:n].max()) >= num_classes):
+                    raise ValueError(
+                        f"target labels must lie in [0, {num_classes}) for logits over {num_classes} classes + no "
+                        f"object; got labels in [{int(labels[:n].min())}, {int(labels[:n].max())}]"
+                    )
+            prob = logits.float().softmax(-1)
+            cost = cost + self.cost_class * -prob.gather(-1, targets.labels[:, None, :].expand(b, q, g))
+        if self.cost_mask != 0 or self.cost_dice != 0:
+            src = masks.float().flatten(2)
+            tgt, weights = targets.masks, targets.pixel_weights
+            if self.cost_mask != 0:
+                focal = pairwise_sigmoid_focal_cost(src, tgt, self.focal_alpha, self.focal_gamma, weights)
+                cost = cost + self.cost_mask * focal
+            if self.cost_dice != 0:
+                cost = cost + self.cost_dice * pairwise_dice_cost(src, tgt, weights)
+        return cost
+
     def cost_matrix(
         self,
         logits: Tensor | None,
@@ -112,7 +223,7 @@ class HungarianMatcher(nn.Module):
         target_masks: Tensor,
         labeled: Optional[Tensor] = None,
     ) -> Tensor:
-        """Matching cost of one image.
+        """Matching cost of one image (:meth:`batch_costs` of a batch of one).
 
         Args:
             logits: (Q, K + 1) class logits, last column "no object"; may be ``None`` when ``cost_class`` is 0.
@@ -122,49 +233,29 @@ class HungarianMatcher(nn.Module):
             labeled: optional (H, W) bool; only its True pixels (resized like the masks) enter the mask costs.
         Returns:
             (Q, G) float32 costs.
-        Raises:
-            ValueError: a label outside [0, K), or logits missing while ``cost_class`` is non-zero.
         """
-        q, g = masks.shape[0], labels.shape[0]
-        cost = masks.new_zeros((q, g), dtype=torch.float32)
-        if g == 0:
-            return cost
-        if self.cost_class != 0:
-            if logits is None:
-                raise ValueError("the class cost needs pred_logits; build the matcher with cost_class=0 without them")
-            num_classes = logits.shape[-1] - 1
-            if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-                raise ValueError(
-                    f"target labels must lie in [0, {num_classes}) for logits over {num_classes} classes + no object;"
-                    f" got labels in [{int(labels.min())}, {int(labels.max())}]"
-                )
-            prob = logits.float().softmax(-1)
-            cost = cost + self.cost_class * -prob[:, labels.to(prob.device)]
-        if self.cost_mask != 0 or self.cost_dice != 0:
-            tgt = target_masks.to(device=masks.device, dtype=torch.float32)[:, None]
-            tgt = F.interpolate(tgt, size=masks.shape[-2:], mode="nearest")[:, 0]
-            src = masks.float().flatten(1)
-            tgt = tgt.flatten(1)
-            if labeled is not None:
-                keep = F.interpolate(labeled.to(device=masks.device, dtype=torch.float32)[None, None],
-                                     size=masks.shape[-2:], mode="nearest").flatten() > 0
-                if bool(keep.any()):  # a target too small to survive the resize keeps every pixel
-                    src, tgt = src[:, keep], tgt[:, keep]
-            if self.cost_mask != 0:
-                cost = cost + self.cost_mask * pairwise_sigmoid_focal_cost(src, tgt, self.focal_alpha, self.focal_gamma)
-            if self.cost_dice != 0:
-                cost = cost + self.cost_dice * pairwise_dice_cost(src, tgt)
-        return cost
+        target = {"labels": labels, "masks": target_masks}
+        if labeled is not None:
+            target["labeled"] = labeled
+        prepared = self.prepare_targets([target], masks.shape[-2:], masks.device, use_labeled=labeled is not None)
+        logits = logits[None] if logits is not None else None
+        return self.batch_costs(logits, masks[None], prepared)[0]
 
     @torch.no_grad()
     def forward(
-        self, pred_logits: Tensor | None, pred_masks: Tensor, targets: Sequence[Dict[str, Tensor]]
+        self,
+        pred_logits: Tensor | None,
+        pred_masks: Tensor,
+        targets: Sequence[Dict[str, Tensor]],
+        prepared: Optional[MatchTargets] = None,
     ) -> List[Tuple[Tensor, Tensor]]:
         """
         Args:
             pred_logits: (B, Q, K + 1) class logits, last column "no object"; ``None`` for class-agnostic matching.
             pred_masks: (B, Q, h, w) mask logits.
             targets: B dicts with "labels": (G,) long in [0, K) and "masks": (G, H, W) binary; G may be 0.
+            prepared: ``targets`` already through :meth:`prepare_targets` for this grid (the set criterion shares
+                it between decoder layers); None: prepared here.
         Returns:
             B pairs ``(query_idx, target_idx)`` of int64 CPU tensors of length min(Q, G): query
             ``query_idx[i]`` is assigned target ``target_idx[i]``.
@@ -173,15 +264,16 @@ class HungarianMatcher(nn.Module):
         """
         if len(targets) != pred_masks.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {pred_masks.shape[0]} predictions")
+        if prepared is None:
+            prepared = self.prepare_targets(targets, pred_masks.shape[-2:], pred_masks.device)
+        costs = self.batch_costs(pred_logits, pred_masks, prepared).cpu()
         indices = []
-        for b, target in enumerate(targets):
-            logits = pred_logits[b] if pred_logits is not None else None
-            labeled = target["labeled"] if self.ignore_unlabeled else None
-            cost = self.cost_matrix(logits, pred_masks[b], target["labels"], target["masks"], labeled).cpu()
-            if cost.shape[1] == 0:
+        for b, n in enumerate(prepared.counts):
+            if n == 0:
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
+            cost = costs[b, :, :n]
             if not torch.isfinite(cost).all():
                 raise FloatingPointError(f"non-finite matching cost for image {b} of the batch: predictions diverged")
             rows, cols = linear_sum_assignment(cost.numpy())
