@@ -44,13 +44,14 @@ def test_unclaimed_pixels_take_clips_class_of_their_region(tiny_clip_path):
     def fake_clip(clip_model, image, m, text):  # CLIP says "sky" for the queries and "red star" for regions
         calls.append(m.shape[0])
         out = torch.zeros(m.shape[0], 3)
-        out[:, 2 if len(calls) == 2 else 0] = 10.0
+        out[:q, 0] = 10.0
+        out[q:, 2] = 10.0
         return out, torch.ones(m.shape[0], dtype=torch.bool)
 
     model.region_classifier.forward = fake_clip
     scores = model.segment_image(torch.zeros(3, 64, 64), logits, masks, (64, 64))
     labels = scores.argmax(0)
-    assert calls == [q, 1]  # one CLIP call for the queries, one for the single leftover region (the right half)
+    assert calls == [q + 1]  # one CLIP call: the queries, then the single leftover region (the right half)
     assert (labels[:, :28] == 0).all() and (labels[:, 36:] == 2).all()
 
     model.leftover_min_area = 0.0

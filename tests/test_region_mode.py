@@ -5,6 +5,7 @@ from detectron2.modeling import build_model
 from torch.nn import functional as F
 
 import zegseg.modeling.clip.region_encoder as region_encoder
+import zegseg.modeling.mask_classification.segmentor as segmentor
 from zegseg.engine.setup_config import load_config
 from zegseg.engine.trainer import ZegsegTrainer
 from zegseg.modeling.clip import load_clip
@@ -59,6 +60,26 @@ def test_zegformer_dense_mode_runs_clip_once_per_image(tiny_clip_path, monkeypat
     out = model(images)
     assert [o["sem_seg"].shape for o in out] == [(35, 48, 64)] * 2
     assert calls == [(1, 3, 48, 64)] * 2  # one CLIP forward per image, at its own (stride-padded) size
+
+
+def test_dense_mode_with_leftover_regions_runs_clip_once_per_image(tiny_clip_path, monkeypatch):
+    cfg = load_config("configs/toy/zegformer.yaml",
+                      TINY + ["MODEL.CLIP.NAME", str(tiny_clip_path), "MODEL.CLIP.REGION_MODE", "dense",
+                              "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.01"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    # nothing is claimed: every image is one leftover region besides the queries' segments
+    monkeypatch.setattr(segmentor, "claim_map", lambda logits, masks: masks.new_zeros(masks.shape[-2:]))
+    regions = []
+    leftover = model.leftover_region_masks
+    monkeypatch.setattr(model, "leftover_region_masks", lambda *a: regions.append(leftover(*a)) or regions[-1])
+    calls = []
+    monkeypatch.setattr(region_encoder, "encode_dense", lambda m, x: calls.append(x.shape) or encode_dense(m, x))
+    images = [{"image": torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)} for _ in range(2)]
+    out = model(images)
+    assert [o["sem_seg"].shape for o in out] == [(35, 48, 64)] * 2
+    assert [r.shape[0] for r in regions] == [1, 1]  # each image has its leftover region ...
+    assert calls == [(1, 3, 48, 64)] * 2  # ... and it shares the image's one CLIP forward
 
 
 def test_dense_mode_refuses_fast_mode(tiny_clip_path):

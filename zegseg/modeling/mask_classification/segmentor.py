@@ -230,10 +230,8 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             threshold = self.region_classifier.mask_threshold
             source, masks = split_components(masks, visible, self.component_min_area, threshold)
             logits = logits[source]
-        probs, masks_up = self.classify_segments(image, logits, masks, image_size)
-        if self.leftover_min_area > 0:
-            probs, masks_up = self.add_leftover_regions(image, logits, masks, visible, probs, masks_up, image_size)
-        masks = masks_up
+        regions = self.leftover_region_masks(logits, masks, visible) if self.leftover_min_area > 0 else None
+        probs, masks = self.classify_segments(image, logits, masks, image_size, regions)
         if self.resize_masks_first:
             masks = self.resize_to_output(masks, image_size, height, width)
             return self.calibrate_scores(semantic_inference(probs, masks, cls_probs=True))
@@ -241,66 +239,72 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         return self.calibrate_scores(self.resize_to_output(scores, image_size, height, width))
 
     def classify_segments(
-        self, image: Tensor, logits: Tensor, masks: Tensor, image_size: Sequence[int]
+        self,
+        image: Tensor,
+        logits: Tensor,
+        masks: Tensor,
+        image_size: Sequence[int],
+        regions: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """The class distribution of each query that takes part in the semantic map: the segment classifier's,
         combined with CLIP's view of the query's crop (:meth:`combine_with_clip`) when the model has a CLIP
-        image branch.
+        image branch; and CLIP's alone for each extra region (leftover regions), in the same CLIP call (one dense
+        forward per image in MODEL.CLIP.REGION_MODE dense).
 
         Args:
             image: (3, H, W) the unnormalised input image (for CLIP crops).
             logits: (Q, K + 1) segment-classification logits.
             masks: (Q, h, w) mask logits over the padded image at the mask-feature stride.
             image_size: (H, W) of the image inside the padding.
+            regions: optional (R, H_pad, W_pad) mask logits at the padded input size of regions classified by CLIP
+                alone (:meth:`leftover_region_masks`; needs the CLIP image branch).
         Returns:
-            probs: (M, K) class probabilities of the M queries kept (M = Q except in fast mode).
-            masks: (M, H_pad, W_pad) their mask logits at the padded input size (see :meth:`upsample_masks`).
+            probs: (M + R, K) class probabilities of the M queries kept (M = Q except in fast mode), then of the R
+                regions (CLIP's softmax over the vocabulary, 0 for a region CLIP did not see).
+            masks: (M + R, H_pad, W_pad) their mask logits at the padded input size (see :meth:`upsample_masks`).
         """
-        if self.region_classifier is None or masks.shape[0] == 0:
+        if self.region_classifier is None:
+            if regions is not None:
+                raise ValueError("regions classified by CLIP alone need the CLIP image branch")
             return logits.softmax(-1)[:, :-1], self.upsample_masks(masks)
-        keep, source = self.choose_clip_queries(logits, masks, image_size)
+        keep, source = self.choose_clip_queries(logits, masks, image_size) if masks.shape[0] else (None, None)
         if keep is not None:
             logits, masks = logits[keep], masks[keep]
         masks = self.upsample_masks(masks)
+        n = masks.shape[0]
+        if regions is not None:
+            if source is not None:
+                source = torch.cat([source, torch.arange(n, n + regions.shape[0], device=source.device)])
+            masks = torch.cat([masks, regions.to(masks.dtype)])
+        if masks.shape[0] == 0:
+            return logits.softmax(-1)[:, :-1], masks
         clip_logits, valid = self.region_clip_logits(image, masks, image_size, source)
-        return self.combine_with_clip(logits, clip_logits, valid), masks
+        probs = self.combine_with_clip(logits, clip_logits[:n], valid[:n]) if n else logits.softmax(-1)[:, :-1]
+        if regions is None:
+            return probs, masks
+        region_probs = clip_logits[n:].softmax(-1) * valid[n:, None]
+        return torch.cat([probs, region_probs.to(probs.dtype)]), masks
 
-    def add_leftover_regions(
-        self,
-        image: Tensor,
-        logits: Tensor,
-        masks: Tensor,
-        visible: Sequence[int],
-        probs: Tensor,
-        masks_up: Tensor,
-        image_size: Sequence[int],
-    ) -> Tuple[Tensor, Tensor]:
-        """Append the regions no segment claims as segments classified by CLIP alone (:mod:`.leftover`).
+    def leftover_region_masks(self, logits: Tensor, masks: Tensor, visible: Sequence[int]) -> Optional[Tensor]:
+        """The regions no segment claims, as segments for CLIP alone (:mod:`.leftover`).
 
         Regions are found on the mask-feature grid (thin unclaimed seams between segments, finer than a grid cell,
         do not form regions) and upsampled like the segments' masks.
 
         Args:
-            image: (3, H, W) the unnormalised input image.
             logits: (M, K + 1) segment-classification logits of the segments of ``masks``.
             masks: (M, h, w) their mask logits at the mask-feature stride.
             visible: (h_v, w_v) the image's part of that grid.
-            probs: (M, K) the segments' class scores (:meth:`classify_segments`).
-            masks_up: (M, H_pad, W_pad) their mask logits at the padded input size.
-            image_size: (H, W) of the image inside the padding.
         Returns:
-            probs: (M + R, K), the R regions' rows CLIP's softmax over the vocabulary;
-            masks: (M + R, H_pad, W_pad), the regions' logits, ``logit(1 - claim)`` inside them (upsampled).
+            (R, H_pad, W_pad) the regions' mask logits at the padded input size, ``logit(1 - claim)`` inside them,
+            or None when no region is large enough.
         """
         regions, weights = leftover_regions(claim_map(logits, masks), visible, self.leftover_min_area)
         if regions.shape[0] == 0:
-            return probs, masks_up
+            return None
         off = torch.full_like(weights, OFF_MASK_LOGIT)
         region_logits = torch.where(regions, torch.logit(weights.clamp(1e-6, 1.0 - 1e-6)), off)
-        region_logits = self.upsample_masks(region_logits.to(masks_up.dtype))
-        clip_logits, valid = self.region_clip_logits(image, region_logits, image_size)
-        region_probs = clip_logits.softmax(-1) * valid[:, None]
-        return torch.cat([probs, region_probs.to(probs.dtype)]), torch.cat([masks_up, region_logits])
+        return self.upsample_masks(region_logits)
 
     def combine_with_clip(self, logits: Tensor, clip_logits: Tensor, valid: Tensor) -> Tensor:
         """The inference class distribution of queries whose crops CLIP has seen.
