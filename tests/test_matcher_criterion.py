@@ -178,6 +178,9 @@ def test_matcher_errors():
     masks = torch.randn(1, 3, 4, 4)
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         matcher(torch.randn(1, 3, 3), masks, [_target([2], torch.ones(1, 4, 4))])
+    two = [_target([0, 1], torch.ones(2, 4, 4)), _target([-1], torch.ones(1, 4, 4))]  # the second image's label
+    with pytest.raises(ValueError, match=r"got labels in \[-1, 1\]"):
+        matcher(torch.randn(2, 3, 3), masks.expand(2, -1, -1, -1), two)
     with pytest.raises(ValueError, match="pred_logits"):
         matcher(None, masks, [_target([0], torch.ones(1, 4, 4))])
     with pytest.raises(FloatingPointError):

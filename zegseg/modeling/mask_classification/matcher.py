@@ -197,12 +197,13 @@ class HungarianMatcher(nn.Module):
             if logits is None:
                 raise ValueError("the class cost needs pred_logits; build the matcher with cost_class=0 without them")
             num_classes = logits.shape[-1] - 1
-            for n, labels in zip(targets.counts, targets.labels):
-                if n and (int(labels[:n].min()) < 0 or int(labels[:n].max()) >= num_classes):
-                    raise ValueError(
-                        f"target labels must lie in [0, {num_classes}) for logits over {num_classes} classes + no "
-                        f"object; got labels in [{int(labels[:n].min())}, {int(labels[:n].max())}]"
-                    )
+            counts = torch.as_tensor(targets.counts, device=targets.labels.device)
+            real = targets.labels[torch.arange(g, device=counts.device)[None, :] < counts[:, None]]
+            if bool(((real < 0) | (real >= num_classes)).any()):
+                raise ValueError(
+                    f"target labels must lie in [0, {num_classes}) for logits over {num_classes} classes + no "
+                    f"object; got labels in [{int(real.min())}, {int(real.max())}]"
+                )
             prob = logits.float().softmax(-1)
             cost = cost + self.cost_class * -prob.gather(-1, targets.labels[:, None, :].expand(b, q, g))
         if self.cost_mask != 0 or self.cost_dice != 0:
