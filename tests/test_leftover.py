@@ -7,11 +7,38 @@ from .test_zegformer import tiny_zegformer
 
 
 def test_claim_map_by_hand():
-    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])  # query 1: almost surely "no object"
-    masks = torch.stack([torch.full((2, 2), 3.0), torch.full((2, 2), 9.0)])
-    expected = torch.sigmoid(torch.tensor(3.0))  # query 1's stronger mask does not count: it is "no object"
-    assert torch.allclose(claim_map(logits, masks), expected.expand(2, 2))
-    assert claim_map(logits[:0], masks[:0]).shape == (2, 2)
+    masks = torch.stack([torch.full((2, 2), 3.0), torch.full((2, 2), -1.0)])
+    masks[1, 0, 0] = 9.0
+    expected = torch.sigmoid(torch.tensor([[9.0, 3.0], [3.0, 3.0]]))
+    assert torch.allclose(claim_map(masks), expected)
+    assert torch.equal(claim_map(masks[:0]), torch.zeros(2, 2))
+
+
+def test_a_no_object_segment_keeps_its_pixels_out_of_the_leftover_region(tiny_clip_path):
+    """An unseen thing is "no object" to the seen-class classifier, but its mask is right: the region around it
+    (unseen stuff no segment claims) must not include it, or CLIP names the region after the thing in its crop."""
+    model = tiny_zegformer(tiny_clip_path, "MODEL.CLIP.LEFTOVER_MIN_AREA", "0.05").eval()
+    model.set_vocabulary(["sky", "grass", "red star"], unseen_classes=["grass", "red star"])
+    q = model.transformer_decoder.num_queries
+    logits = torch.full((q, 4), -5.0)
+    logits[:, 3] = 5.0  # every query "no object"; query 0's mask is a star in the middle of unseen grass
+    masks = torch.full((q, 16, 16), -10.0)
+    masks[0, 6:10, 6:10] = 10.0
+    region_crops = []
+
+    def fake_clip(clip_model, image, m, text):  # CLIP: "red star" for any crop showing the star, else "grass"
+        star = m[:, 24:40, 24:40].flatten(1).amax(1) > 0
+        region_crops.append(star[1:].tolist())
+        out = torch.zeros(m.shape[0], 3)
+        out[star, 2] = 10.0
+        out[~star, 1] = 10.0
+        return out, torch.ones(m.shape[0], dtype=torch.bool)
+
+    model.region_classifier.forward = fake_clip
+    labels = model.segment_image(torch.zeros(3, 64, 64), logits, masks, (64, 64)).argmax(0)
+    assert region_crops == [[False] * (q - 1) + [False]]  # the one leftover region leaves the star out
+    assert (labels[26:38, 26:38] == 2).all()  # the star, from query 0's segment and CLIP
+    assert (labels[:20] == 1).all() and (labels[44:] == 1).all()  # the grass around it, from the region
 
 
 def test_leftover_regions_keep_large_unclaimed_components_inside_the_image():

@@ -69,7 +69,7 @@ def test_dense_mode_with_leftover_regions_runs_clip_once_per_image(tiny_clip_pat
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     # nothing is claimed: every image is one leftover region besides the queries' segments
-    monkeypatch.setattr(segmentor, "claim_map", lambda logits, masks: masks.new_zeros(masks.shape[-2:]))
+    monkeypatch.setattr(segmentor, "claim_map", lambda masks: masks.new_zeros(masks.shape[-2:]))
     regions = []
     leftover = model.leftover_region_masks
     monkeypatch.setattr(model, "leftover_region_masks", lambda *a: regions.append(leftover(*a)) or regions[-1])

@@ -7,9 +7,11 @@ unseen stuff region: its pixels end up with near-zero scores for every class and
 the image becomes one more segment, classified by the frozen CLIP's view of its crop and weighted per pixel by how
 unclaimed the pixel is.
 
-A pixel's claim is ``max_q sigmoid(mask_q)`` over the segments whose most likely class is not "no object" (the
-masks of "no object" queries are untrained and fire anywhere). Unclaimed pixels have claim < 0.5. Regions are
-found on the mask-feature grid, so thin seams between segments do not form regions.
+A pixel's claim is ``max_q sigmoid(mask_q)`` over every segment, whatever its class: a segment the classifier
+calls "no object" is often an unseen thing (seen-class training teaches the classifier that unseen things are
+background, not the masks that they are not things), and its pixels must not join the region around it, or CLIP
+names the region after the thing it sees in the crop. Unclaimed pixels have claim < 0.5. Regions are found on the
+mask-feature grid, so thin seams between segments do not form regions.
 """
 from __future__ import annotations
 
@@ -23,19 +25,17 @@ from .components import connected_components
 __all__ = ["claim_map", "leftover_regions"]
 
 
-def claim_map(logits: Tensor, masks: Tensor) -> Tensor:
-    """How strongly the queries claim each pixel.
+def claim_map(masks: Tensor) -> Tensor:
+    """How strongly the segments claim each pixel.
 
     Args:
-        logits: (Q, K + 1) segment-classification logits, last column "no object".
-        masks: (Q, H, W) mask logits.
+        masks: (Q, H, W) mask logits of every segment.
     Returns:
-        (H, W) in [0, 1]: ``max sigmoid(mask_q)`` over the queries whose argmax is not "no object" (0 if none).
+        (H, W) in [0, 1]: ``max_q sigmoid(mask_q)`` (0 if there is no segment).
     """
     if masks.shape[0] == 0:
         return masks.new_zeros(masks.shape[-2:])
-    objectness = (logits.float().argmax(-1) != logits.shape[-1] - 1).float()
-    return (objectness[:, None, None] * masks.float().sigmoid()).amax(dim=0)
+    return masks.float().sigmoid().amax(dim=0)
 
 
 def leftover_regions(claim: Tensor, image_size: Sequence[int], min_area: float) -> Tuple[Tensor, Tensor]:

@@ -230,7 +230,7 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
             threshold = self.region_classifier.mask_threshold
             source, masks = split_components(masks, visible, self.component_min_area, threshold)
             logits = logits[source]
-        regions = self.leftover_region_masks(logits, masks, visible) if self.leftover_min_area > 0 else None
+        regions = self.leftover_region_masks(masks, visible) if self.leftover_min_area > 0 else None
         probs, masks = self.classify_segments(image, logits, masks, image_size, regions)
         if self.resize_masks_first:
             masks = self.resize_to_output(masks, image_size, height, width)
@@ -285,21 +285,20 @@ class MaskClassificationSegmentor(OpenVocabSegmentor):
         region_probs = clip_logits[n:].softmax(-1) * valid[n:, None]
         return torch.cat([probs, region_probs.to(probs.dtype)]), masks
 
-    def leftover_region_masks(self, logits: Tensor, masks: Tensor, visible: Sequence[int]) -> Optional[Tensor]:
+    def leftover_region_masks(self, masks: Tensor, visible: Sequence[int]) -> Optional[Tensor]:
         """The regions no segment claims, as segments for CLIP alone (:mod:`.leftover`).
 
         Regions are found on the mask-feature grid (thin unclaimed seams between segments, finer than a grid cell,
         do not form regions) and upsampled like the segments' masks.
 
         Args:
-            logits: (M, K + 1) segment-classification logits of the segments of ``masks``.
-            masks: (M, h, w) their mask logits at the mask-feature stride.
+            masks: (M, h, w) the segments' mask logits at the mask-feature stride.
             visible: (h_v, w_v) the image's part of that grid.
         Returns:
             (R, H_pad, W_pad) the regions' mask logits at the padded input size, ``logit(1 - claim)`` inside them,
             or None when no region is large enough.
         """
-        regions, weights = leftover_regions(claim_map(logits, masks), visible, self.leftover_min_area)
+        regions, weights = leftover_regions(claim_map(masks), visible, self.leftover_min_area)
         if regions.shape[0] == 0:
             return None
         off = torch.full_like(weights, OFF_MASK_LOGIT)
