@@ -468,6 +468,26 @@ def test_text_classifier_pixel_level_and_errors():
         clf.set_text_embeddings(torch.randn(3, 5))
 
 
+@pytest.mark.parametrize("pixel_level", [False, True])
+def test_text_classifier_runs_in_float32_under_bfloat16_autocast(pixel_level):
+    """Logits of 1 / τ = 100 in bfloat16 would be rounded to 0.25 steps; the head keeps float32 under autocast."""
+    torch.manual_seed(0)
+    clf = TextEmbeddingClassifier(embed_dim=16, temperature=0.01, pixel_level=pixel_level)
+    clf.set_text_embeddings(torch.randn(7, 16))
+    proj = torch.nn.Conv2d(16, 16, 1) if pixel_level else torch.nn.Linear(16, 16)
+    x = torch.randn(2, 16, 3, 4) if pixel_level else torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = proj(x)
+        logits = clf(emb)
+    assert emb.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    exact = clf(emb.float())  # the same bfloat16 embeddings, classified outside autocast
+    torch.testing.assert_close(logits, exact, rtol=0, atol=1e-4)
+    logits.sum().backward()
+    assert proj.weight.grad is not None
+    if not pixel_level:
+        assert clf.no_object_embedding.grad is not None
+
+
 # ------------------------------------------------------------------------------------------------------ inference
 def test_semantic_inference_matches_hand_computation():
     torch.manual_seed(0)

@@ -92,21 +92,28 @@ class TextEmbeddingClassifier(nn.Module):
         Returns:
             segments: (..., K + 1) logits, last column "no object" ((..., K) without ``no_object``);
             pixels: (B, K, H, W) logits.
+            Always float32, computed with autocast off.
         """
         text = self.text_embeddings if text_embeddings is None else F.normalize(text_embeddings.float(), dim=-1)
         if text.shape[0] == 0:
             raise RuntimeError("TextEmbeddingClassifier has no text embeddings: call set_text_embeddings first")
-        text = text.to(embeddings)
-        scale = self.logit_scale.to(embeddings.dtype)
+        if self.pixel_level and embeddings.ndim != 4:
+            raise ValueError(f"pixel-level input must be (B, D, H, W), got {tuple(embeddings.shape)}")
+        # float32 even under autocast: cosines times 1 / τ = 100 in bfloat16 (8-bit mantissa) would be rounded to
+        # steps of 0.25 above 32, so logits, softmax and the cross-entropy gradient would carry that noise.
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return self._logits(embeddings.float(), text.to(embeddings.device))
+
+    def _logits(self, embeddings: Tensor, text: Tensor) -> Tensor:
+        """float32 logits of float32 ``embeddings`` against normalised ``text`` (K, D); shapes as :meth:`forward`."""
+        scale = self.logit_scale
         if self.pixel_level:
-            if embeddings.ndim != 4:
-                raise ValueError(f"pixel-level input must be (B, D, H, W), got {tuple(embeddings.shape)}")
             pixels = F.normalize(embeddings, dim=1)
             return scale * torch.einsum("bdhw,kd->bkhw", pixels, text)
         x = F.normalize(embeddings, dim=-1)
         logits = x @ text.T
         if self.no_object_embedding is not None:
-            bg = self.no_object_embedding.to(x.dtype)
+            bg = self.no_object_embedding
             if self.normalize_no_object:
                 bg = F.normalize(bg, dim=0)
             logits = torch.cat([logits, (x @ bg)[..., None]], dim=-1)
