@@ -1,5 +1,6 @@
 """Training from a config through zegseg's trainer: a few iterations, evaluation, and two CPU processes."""
 import json
+import logging
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ import zegseg  # noqa: F401
 from zegseg.data.datasets.register_toy import register_all_toy
 from zegseg.data.toy.generate import generate_toy_world
 from zegseg.engine import ZegsegTrainer
-from zegseg.engine.cpu_autocast import CPUAutocastTrainer
+from zegseg.engine import trainer as trainer_module
+from zegseg.engine.cpu_autocast import CPUAutocastTrainer, cpu_bfloat16_supported
 from zegseg.engine.setup_config import load_config
 
 from .test_zegformer import TINY
@@ -120,23 +122,35 @@ def test_short_toy_training_raises_seen_miou(mini_toy_root, tmp_path):
     assert after > before + 3.0, (before, after)
 
 
-@pytest.mark.parametrize("amp, cpu_bf16, device, loop", [
-    ("False", "True", "cpu", SimpleTrainer),
-    ("True", "False", "cpu", SimpleTrainer),  # warned: CPU AMP needs SOLVER.AMP.CPU_BFLOAT16
-    ("True", "True", "cpu", CPUAutocastTrainer),
-    ("True", "True", "cuda", AMPTrainer),
+@pytest.mark.parametrize("amp, cpu_bf16, device, bf16_kernels, loop", [
+    ("False", "True", "cpu", True, SimpleTrainer),
+    ("True", "False", "cpu", True, SimpleTrainer),  # warned: CPU AMP needs SOLVER.AMP.CPU_BFLOAT16
+    ("True", "True", "cpu", True, CPUAutocastTrainer),
+    ("True", "True", "cpu", False, SimpleTrainer),  # warned: no bfloat16 kernels on this CPU
+    ("True", "True", "cuda", False, AMPTrainer),
 ])
-def test_training_loop_follows_amp_keys_and_device(mini_toy_root, tiny_clip_path, tmp_path, amp, cpu_bf16, device,
-                                                   loop):
+def test_training_loop_follows_amp_keys_and_device(mini_toy_root, tiny_clip_path, tmp_path, monkeypatch, caplog,
+                                                   amp, cpu_bf16, device, bf16_kernels, loop):
+    monkeypatch.setattr(trainer_module, "cpu_bfloat16_supported", lambda: bf16_kernels)
     cfg = mini_cfg(mini_toy_root, tiny_clip_path, tmp_path, "SOLVER.AMP.ENABLED", amp,
                    "SOLVER.AMP.CPU_BFLOAT16", cpu_bf16)
     cfg.defrost()
     cfg.MODEL.DEVICE = device
-    assert ZegsegTrainer.training_loop(cfg) is loop
+    with caplog.at_level(logging.WARNING, logger=trainer_module.logger.name):
+        assert ZegsegTrainer.training_loop(cfg) is loop
+    assert ("no bfloat16 kernels" in caplog.text) == (device == "cpu" and cpu_bf16 == "True" and not bf16_kernels)
+
+
+def test_cpu_bfloat16_kernel_check(monkeypatch):
+    assert isinstance(cpu_bfloat16_supported(), bool)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert cpu_bfloat16_supported() is False
 
 
 def test_cpu_bfloat16_training_runs_convolutions_in_bf16_keeps_fp32_weights(mini_toy_root, tiny_clip_path,
                                                                            tmp_path):
+    if not cpu_bfloat16_supported():
+        pytest.skip("this CPU has no bfloat16 kernels in oneDNN")
     cfg = mini_cfg(mini_toy_root, tiny_clip_path, tmp_path / "out", "SOLVER.AMP.ENABLED", "True",
                    "SOLVER.AMP.CPU_BFLOAT16", "True")
     trainer = ZegsegTrainer(cfg)

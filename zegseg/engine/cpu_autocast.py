@@ -6,7 +6,16 @@ import time
 import torch
 from detectron2.engine import SimpleTrainer
 
-__all__ = ["CPUAutocastTrainer"]
+__all__ = ["CPUAutocastTrainer", "cpu_bfloat16_supported"]
+
+
+def cpu_bfloat16_supported() -> bool:
+    """Whether oneDNN has bfloat16 kernels on this CPU (AVX-512 and newer). Without them bfloat16 convolutions
+    fall back to slow reference code, so bfloat16 training would be slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the check
+        return False
 
 
 class CPUAutocastTrainer(SimpleTrainer):

@@ -19,7 +19,7 @@ from ..data.dataset_mappers import build_train_mapper
 from ..data.segment_samples import build_train_dataset
 from ..evaluation import build_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
-from .cpu_autocast import CPUAutocastTrainer
+from .cpu_autocast import CPUAutocastTrainer, cpu_bfloat16_supported
 from .metrics_writer import ResumableJSONWriter
 from .setup_config import ConfigError
 
@@ -67,13 +67,19 @@ class ZegsegTrainer(DefaultTrainer):
     @staticmethod
     def training_loop(cfg: CfgNode) -> type:
         """The detectron2 trainer class that runs the steps: AMPTrainer (float16, CUDA), CPUAutocastTrainer
-        (bfloat16, CPU, SOLVER.AMP.CPU_BFLOAT16) or SimpleTrainer (float32)."""
+        (bfloat16, CPU, SOLVER.AMP.CPU_BFLOAT16, where the CPU has bfloat16 kernels) or SimpleTrainer (float32)."""
         if not cfg.SOLVER.AMP.ENABLED:
             return SimpleTrainer
         if cfg.MODEL.DEVICE.startswith("cuda"):
             return AMPTrainer
         if cfg.SOLVER.AMP.CPU_BFLOAT16:
-            return CPUAutocastTrainer
+            if cpu_bfloat16_supported():
+                return CPUAutocastTrainer
+            logger.warning(
+                "SOLVER.AMP.CPU_BFLOAT16: this CPU has no bfloat16 kernels in oneDNN (they need AVX-512), where "
+                "bfloat16 would be slower than float32: training in fp32"
+            )
+            return SimpleTrainer
         logger.warning("SOLVER.AMP.ENABLED is ignored on CPU without SOLVER.AMP.CPU_BFLOAT16: training in fp32")
         return SimpleTrainer
 
