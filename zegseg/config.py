@@ -214,7 +214,8 @@ def _add_tcl_config(cfg: CN) -> None:
 
 def _add_solver_config(cfg: CN) -> None:
     # with SOLVER.AMP.ENABLED, train CPU models under bfloat16 autocast too (zegseg; CUDA always uses float16 AMP).
-    # Whether it is faster depends on the CPU's bf16 support: no confirmed gain on the 2-core CI machine (bench/README)
+    # Only where oneDNN has bfloat16 kernels (AVX-512; float32 with a warning elsewhere): 1.20-1.24x for the toy
+    # ZegFormer on a CPU with AVX512-BF16, no gain on another 2-core machine (bench/README)
     cfg.SOLVER.AMP.CPU_BFLOAT16 = False
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # ADAMW | SGD (SGD uses SOLVER.MOMENTUM and SOLVER.NESTEROV)
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # learning-rate multiplier of parameters under modules named "backbone"
